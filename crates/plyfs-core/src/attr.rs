@@ -1,0 +1,184 @@
+//! Attributes: what stat reports for a union object, and changing them
+//! (which copies the object up first).
+
+use std::os::fd::AsFd;
+
+use crate::error::{Errno, Result};
+use crate::file::OpenFile;
+use crate::inode::{Ino, Node, Real};
+use crate::markers::NlinkBase;
+use crate::sys::fs::{self, SetTime, Stat};
+use crate::{Caller, Overlay};
+
+/// The attributes a setattr changes; `None` leaves one as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+impl SetAttr {
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
+impl Overlay {
+    pub fn getattr(&self, ino: Ino) -> Result<Stat> {
+        let node = self.node(ino)?;
+        self.node_attr(&node)
+    }
+
+    /// Attributes of a node: the real object's, with the union's inode
+    /// number and link count.
+    pub(crate) fn node_attr(&self, node: &Node) -> Result<Stat> {
+        let s = node.state.read();
+        let mut st = match (&s.upper, &s.lower_stat) {
+            (Some(u), _) => u.stat()?,
+            (None, Some(ls)) => *ls,
+            (None, None) => s.lowers.first().ok_or(Errno::ESTALE)?.stat()?,
+        };
+        st.st_ino = self.st_ino(node);
+        if node.is_dir() {
+            if s.is_merged_dir() {
+                // As the kernel: counting subdirectories of every layer is
+                // not worth it, and 1 tells find(1) not to rely on it.
+                st.st_nlink = 1;
+            }
+        } else if s.indexed
+            && let (Some(_), Some(ls), Some((base, diff))) = (&s.upper, &s.lower_stat, s.nlink)
+        {
+            let basis = match base {
+                NlinkBase::Lower => ls.st_nlink as i64,
+                NlinkBase::Upper => st.st_nlink as i64,
+            };
+            st.st_nlink = (basis + diff).max(0) as _;
+        }
+        Ok(st)
+    }
+
+    /// Attributes as seen through an open file (which may be unlinked).
+    pub fn getattr_open(&self, file: &OpenFile) -> Result<Stat> {
+        let node = self.node(file.ino())?;
+        if node.state.read().unlinked {
+            let mut st = file.stat()?;
+            st.st_ino = self.st_ino(&node);
+            return Ok(st);
+        }
+        self.node_attr(&node)
+    }
+
+    /// Changes attributes of `ino`, copying it up first. Owner goes before
+    /// mode (chown clears set-id bits), times last (truncate sets them).
+    pub fn setattr(&self, ino: Ino, set: &SetAttr, file: Option<&OpenFile>) -> Result<Stat> {
+        let node = self.node(ino)?;
+        if set.is_empty() {
+            return self.node_attr(&node);
+        }
+        self.check_writable()?;
+        if set.size.is_some() && node.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        self.copy_up(&node)?;
+        let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
+        if set.uid.is_some() || set.gid.is_some() {
+            let (uid, gid) = (set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX));
+            match upper.at() {
+                Some((d, n)) => fs::fchownat(d, n, uid, gid)?,
+                None => with_pinned(&upper, |fd| fs::fchown(fd, uid, gid))?,
+            }
+        }
+        if let Some(mode) = set.mode {
+            if node.kind == libc::S_IFLNK {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            match upper.at() {
+                Some((d, n)) => fs::fchmodat(d, n, mode & 0o7777)?,
+                None => {
+                    let fd = upper.open(libc::O_RDONLY)?;
+                    fs::fchmod(fd.as_fd(), mode & 0o7777)?
+                }
+            }
+        }
+        if let Some(size) = set.size {
+            match file.filter(|f| f.on_upper() && f.flags() & libc::O_ACCMODE != libc::O_RDONLY) {
+                Some(f) => f.with_fd(|fd| fs::ftruncate(fd, size))?,
+                None => {
+                    if node.kind != libc::S_IFREG {
+                        return Err(Errno::EINVAL);
+                    }
+                    let fd = upper.open(libc::O_WRONLY)?;
+                    fs::ftruncate(fd.as_fd(), size)?
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let (a, m) = (
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            );
+            match upper.at() {
+                Some((d, n)) => fs::utimensat(d, n, a, m)?,
+                None => {
+                    let fd = upper.open(libc::O_RDONLY)?;
+                    fs::futimens(fd.as_fd(), a, m)?
+                }
+            }
+        }
+        self.node_attr(&node)
+    }
+
+    /// access(2) by the mode bits, for mounts where the kernel does not
+    /// check permissions itself (no `default_permissions`).
+    pub fn access(&self, ino: Ino, mask: i32, caller: Caller) -> Result<()> {
+        let st = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        if mask & libc::W_OK != 0 && !self.writable() {
+            return Err(Errno::EROFS);
+        }
+        if caller.uid == 0 {
+            // Root may do anything but execute a file nobody may execute.
+            let exec_ok = st.st_mode & 0o111 != 0 || st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            return if mask & libc::X_OK != 0 && !exec_ok {
+                Err(Errno::EACCES)
+            } else {
+                Ok(())
+            };
+        }
+        let shift = if st.st_uid == caller.uid {
+            6
+        } else if st.st_gid == caller.gid {
+            3
+        } else {
+            0
+        };
+        let granted = ((st.st_mode >> shift) & 7) as i32;
+        if mask & granted == mask {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+}
+
+/// chown/chmod of an unlinked object through its `O_PATH` descriptor.
+fn with_pinned(
+    real: &Real,
+    f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<()>,
+) -> Result<()> {
+    match real {
+        Real::Pinned { fd, .. } => f(fd.as_fd()),
+        _ => Err(Errno::EIO),
+    }
+}

@@ -1,0 +1,402 @@
+//! Copy-up: giving an object that lives only in a lower layer a copy in the
+//! upper, parents first. The copy is built in the work directory and
+//! renamed into place, so a crash never leaves a half-copied object
+//! visible. Data moves with a reflink or `copy_file_range`, hole by hole,
+//! so sparse files stay sparse and no data crosses into userspace.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use tracing::debug;
+
+use crate::Overlay;
+use crate::error::{Errno, Result};
+use crate::inode::{Node, NodeState, ROOT_INO, Real};
+use crate::markers::{self, Attr, NlinkBase};
+use crate::sys::fs::{self, SetTime, Stat};
+use crate::sys::xattr;
+use crate::util;
+
+/// Largest chunk handed to one copy_file_range call.
+const COPY_CHUNK: usize = 1 << 30;
+
+impl Overlay {
+    /// Makes sure `node` has an upper object, copying it and every
+    /// ancestor that lacks one.
+    pub(crate) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
+        self.check_writable()?;
+        if node.state.read().upper.is_some() {
+            return Ok(());
+        }
+        // Ancestors without an upper, nearest first.
+        let mut chain = vec![node.clone()];
+        loop {
+            let parent_ino = chain
+                .last()
+                .map(|n| n.state.read().parent)
+                .unwrap_or(ROOT_INO);
+            let parent = self.node(parent_ino)?;
+            if parent.state.read().upper.is_some() {
+                break;
+            }
+            if parent.ino == ROOT_INO {
+                return Err(Errno::EROFS);
+            }
+            chain.push(parent);
+        }
+        for n in chain.iter().rev() {
+            let (parent, name) = {
+                let s = n.state.read();
+                (s.parent, s.name.clone())
+            };
+            let parent = self.node(parent)?;
+            self.copy_up_at(n, &parent, &name)?;
+        }
+        Ok(())
+    }
+
+    /// Copies one object up as `name` in `parent`, whose upper directory
+    /// exists already.
+    pub(crate) fn copy_up_at(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &OsStr,
+    ) -> Result<()> {
+        let _guard = node.op_lock.lock();
+        let mut state = node.state.read().clone();
+        if state.upper.is_some() {
+            return Ok(());
+        }
+        state.name = Arc::from(name);
+        let pstate = parent.state.read().clone();
+        let udir = pstate.upper_dir().ok_or(Errno::EIO)?.clone();
+        let lower = state.lowers.first().ok_or(Errno::EIO)?.clone();
+        let lst = match state.lower_stat {
+            Some(st) => st,
+            None => lower.stat()?,
+        };
+        let work = self.layers.work.as_ref().ok_or(Errno::EROFS)?;
+        let pst = fs::fstat(udir.as_fd())?;
+        debug!(ino = node.ino, name = ?state.name, "copy-up");
+
+        let fh = self.origin_fh(&lower).ok().flatten();
+        let index_name = match &fh {
+            Some(fh) if !node.is_dir() && lst.st_nlink > 1 => Some(OsString::from(fh.index_name())),
+            _ => None,
+        };
+
+        // A hard link whose other name was copied already: link to that.
+        if let Some(iname) = &index_name
+            && fs::fstatat(work.index.as_fd(), iname).is_ok()
+        {
+            fs::linkat(work.index.as_fd(), iname, udir.as_fd(), &state.name)?;
+            let m = markers::Markers::read(udir.as_fd(), &state.name)?;
+            self.set_upper(node, parent, &udir, &state, true, m.nlink.as_deref())?;
+            restore_times(udir.as_fd(), &pst);
+            return Ok(());
+        }
+
+        let tmp = util::temp_name();
+        let built = self.build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind);
+        let built = built.and_then(|()| {
+            if self.layers.format.xattrs
+                && let Some(fh) = &fh
+            {
+                set_marker(
+                    work.work.as_fd(),
+                    &tmp,
+                    self.layers.format.ns.name(Attr::Origin),
+                    &fh.encode(),
+                )?;
+                if index_name.is_some() {
+                    let v = markers::format_nlink(NlinkBase::Lower, 0);
+                    set_marker(
+                        work.work.as_fd(),
+                        &tmp,
+                        self.layers.format.ns.name(Attr::Nlink),
+                        &v,
+                    )?;
+                }
+            }
+            Ok(())
+        });
+        let placed = built.and_then(|()| match &index_name {
+            Some(iname) => {
+                fs::renameat2(
+                    work.work.as_fd(),
+                    &tmp,
+                    work.index.as_fd(),
+                    iname,
+                    fs::RENAME_NOREPLACE,
+                )?;
+                fs::linkat(work.index.as_fd(), iname, udir.as_fd(), &state.name)
+            }
+            None => fs::renameat2(
+                work.work.as_fd(),
+                &tmp,
+                udir.as_fd(),
+                &state.name,
+                fs::RENAME_NOREPLACE,
+            ),
+        });
+        if let Err(e) = placed {
+            let _ = util::remove_tree(work.work.as_fd(), &tmp);
+            return Err(e);
+        }
+        let nlink = index_name
+            .as_ref()
+            .map(|_| markers::format_nlink(NlinkBase::Lower, 0));
+        self.set_upper(
+            node,
+            parent,
+            &udir,
+            &state,
+            index_name.is_some(),
+            nlink.as_deref(),
+        )?;
+        if fh.is_some() && self.layers.format.xattrs && !pstate.impure {
+            self.mark_impure(parent)?;
+        }
+        restore_times(udir.as_fd(), &pst);
+        Ok(())
+    }
+
+    /// Records the new upper object in the node.
+    fn set_upper(
+        &self,
+        node: &Node,
+        parent: &Node,
+        udir: &Arc<OwnedFd>,
+        state: &NodeState,
+        indexed: bool,
+        nlink: Option<&[u8]>,
+    ) -> Result<()> {
+        let upper = if node.is_dir() {
+            let fd = fs::openat(
+                udir.as_fd(),
+                &state.name,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            Real::Dir {
+                layer: 0,
+                fd: Arc::new(fd),
+                xwhiteouts: false,
+            }
+        } else {
+            Real::At {
+                layer: 0,
+                dir: udir.clone(),
+                name: state.name.clone(),
+            }
+        };
+        let mut s = node.state.write();
+        s.upper = Some(upper);
+        s.indexed = indexed;
+        s.nlink = nlink.and_then(markers::parse_nlink);
+        drop(s);
+        parent.bump_version();
+        Ok(())
+    }
+
+    /// Builds the copy of `lower` as `tmp` in the work directory.
+    fn build_copy(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        lower: &Real,
+        lst: &Stat,
+        kind: u32,
+    ) -> Result<()> {
+        match kind {
+            libc::S_IFDIR => fs::mkdirat(work, tmp, 0o700)?,
+            libc::S_IFREG => {
+                let dst = fs::openat(
+                    work,
+                    tmp,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    0o600,
+                )?;
+                let src = open_lower(lower)?;
+                copy_data(src.as_fd(), dst.as_fd(), lst.st_size as u64)?;
+                if !self.config.volatile {
+                    fs::fsync(dst.as_fd(), false)?;
+                }
+            }
+            libc::S_IFLNK => {
+                let target = match lower {
+                    Real::Pinned { fd, .. } => fs::readlinkat(fd.as_fd(), OsStr::new(""))?,
+                    r => {
+                        let (d, n) = r.at().ok_or(Errno::EIO)?;
+                        fs::readlinkat(d, n)?
+                    }
+                };
+                fs::symlinkat(&fs::os_string(target), work, tmp)?;
+            }
+            _ => fs::mknodat(work, tmp, kind | 0o600, lst.st_rdev)?,
+        }
+        copy_meta(lower, lst, work, tmp)
+    }
+
+    /// Marks an upper directory impure: it holds entries with origins, so
+    /// readdir must look them up for their inode numbers (the kernel reads
+    /// the same mark).
+    pub(crate) fn mark_impure(&self, dir: &Node) -> Result<()> {
+        let udir = dir.state.read().upper_dir().cloned();
+        if let Some(udir) = udir {
+            set_marker(
+                udir.as_fd(),
+                OsStr::new("."),
+                self.layers.format.ns.name(Attr::Impure),
+                b"y",
+            )?;
+            dir.state.write().impure = true;
+        }
+        Ok(())
+    }
+}
+
+/// Sets an `overlay.*` attribute. Markers are written with our privileges
+/// whatever the modes say.
+pub(crate) fn set_marker(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    attr: &OsStr,
+    value: &[u8],
+) -> Result<()> {
+    xattr::set(dir, name, attr, value, 0)
+}
+
+/// Opens a lower file for reading without touching its access time.
+pub(crate) fn open_lower(lower: &Real) -> Result<OwnedFd> {
+    match lower.open(libc::O_RDONLY | libc::O_NOATIME) {
+        Err(e) if e == Errno::EPERM => lower.open(libc::O_RDONLY),
+        r => r,
+    }
+}
+
+/// Copies `len` bytes of data: a reflink when the filesystem shares
+/// extents, else the data segments only, with copy_file_range, so holes
+/// stay holes.
+pub(crate) fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<()> {
+    if len == 0 || fs::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: u64 = 0;
+    while off < len {
+        let data = match fs::lseek(src, off as i64, fs::SEEK_DATA) {
+            Ok(d) => d as u64,
+            // No data after `off`: the rest is a hole.
+            Err(e) if e == Errno::ENXIO => break,
+            Err(e) if e == Errno::EINVAL || e == Errno::EOPNOTSUPP => off,
+            Err(e) => return Err(e),
+        };
+        if data >= len {
+            break;
+        }
+        let hole = match fs::lseek(src, data as i64, fs::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(len),
+            Err(_) => len,
+        };
+        let mut pos = data;
+        while pos < hole {
+            let chunk = ((hole - pos) as usize).min(COPY_CHUNK);
+            let n = match fs::copy_file_range(src, pos, dst, pos, chunk) {
+                Ok(0) => return Err(Errno::EIO),
+                Ok(n) => n,
+                Err(e) if e == Errno::EXDEV || e == Errno::EINVAL || e == Errno::EOPNOTSUPP => {
+                    copy_by_buffer(src, dst, pos, chunk)?
+                }
+                Err(e) => return Err(e),
+            };
+            pos += n as u64;
+        }
+        off = hole;
+    }
+    // Trailing holes: the size comes from truncate.
+    fs::ftruncate(dst, len)
+}
+
+/// Last resort for filesystems without copy_file_range between them.
+fn copy_by_buffer(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, pos: u64, len: usize) -> Result<usize> {
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let n = fs::pread(src, &mut buf, pos)?;
+    if n == 0 {
+        return Err(Errno::EIO);
+    }
+    let mut done = 0;
+    while done < n {
+        done += fs::pwrite(dst, &buf[done..n], pos + done as u64)?;
+    }
+    Ok(n)
+}
+
+/// Owner, user-visible xattrs, mode and times of `src` onto `name` in
+/// `dir`. Owner first: chown drops set-id bits and file capabilities.
+pub(crate) fn copy_meta(src: &Real, st: &Stat, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    fs::fchownat(dir, name, st.st_uid, st.st_gid)?;
+    copy_xattrs(src, dir, name)?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFLNK {
+        fs::fchmodat(dir, name, st.st_mode & 0o7777)?;
+    }
+    fs::utimensat(
+        dir,
+        name,
+        SetTime::At {
+            sec: st.st_atime,
+            nsec: st.st_atime_nsec,
+        },
+        SetTime::At {
+            sec: st.st_mtime,
+            nsec: st.st_mtime_nsec,
+        },
+    )
+}
+
+/// Copies every xattr that is not one of the union's own.
+pub(crate) fn copy_xattrs(src: &Real, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let Some((sdir, sname)) = src.at() else {
+        return Ok(());
+    };
+    let list = match xattr::list_vec(sdir, sname) {
+        Ok(l) => l,
+        Err(e) if e == Errno::EOPNOTSUPP => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for attr in xattr::split_names(&list) {
+        use std::os::unix::ffi::OsStrExt;
+        if markers::is_internal_xattr(attr.as_bytes()) {
+            continue;
+        }
+        let Some(value) = xattr::get_vec(sdir, sname, attr)? else {
+            continue;
+        };
+        match xattr::set(dir, name, attr, &value, 0) {
+            Ok(()) => {}
+            // The upper's filesystem may not take every namespace (say,
+            // security labels); the kernel skips those as well.
+            Err(e) if e == Errno::EOPNOTSUPP => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Puts back a directory's times after changing its entries internally.
+pub(crate) fn restore_times(dir: BorrowedFd<'_>, st: &Stat) {
+    let _ = fs::utimensat(
+        dir,
+        OsStr::new("."),
+        SetTime::At {
+            sec: st.st_atime,
+            nsec: st.st_atime_nsec,
+        },
+        SetTime::At {
+            sec: st.st_mtime,
+            nsec: st.st_mtime_nsec,
+        },
+    );
+}

@@ -1,0 +1,411 @@
+//! The layer stack: opening and checking the directories a mount is made
+//! of, preparing the work directory, and choosing the on-disk formats the
+//! mount writes.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::error::{Errno, SetupError};
+use crate::markers::{Attr, XattrNs};
+use crate::sys::{fs, handle};
+use crate::util;
+
+/// Index of a layer in [`Layers::all`]; the upper, when there is one, is 0.
+pub type LayerIdx = u16;
+
+#[derive(Debug)]
+pub struct Layer {
+    pub path: PathBuf,
+    /// `O_PATH` descriptor of the layer root.
+    pub root: Arc<OwnedFd>,
+    pub dev: u64,
+    pub root_ino: u64,
+    /// Which of the mount's distinct filesystems the layer is on; 0 is the
+    /// upper's (or, read-only, the top lower's).
+    pub fsid: u16,
+    /// UUID of that filesystem, for matching `overlay.origin` handles.
+    pub uuid: Option<[u8; 16]>,
+    pub is_upper: bool,
+}
+
+/// The work directory: `work/` for objects under construction, `index/`
+/// for hard-linked copies, laid out as the kernel lays them out.
+#[derive(Debug)]
+pub struct Workdir {
+    pub path: PathBuf,
+    pub work: Arc<OwnedFd>,
+    pub index: Arc<OwnedFd>,
+}
+
+/// How this mount writes markers into the upper layer.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteFormat {
+    pub ns: XattrNs,
+    /// Whiteouts as char 0/0 devices (else `.wh.NAME` files).
+    pub kernel_whiteouts: bool,
+    /// Whether `ns` attributes can be set at all (else opaque dirs get the
+    /// OCI marker file and redirects are unavailable).
+    pub xattrs: bool,
+}
+
+#[derive(Debug)]
+pub struct Layers {
+    pub all: Vec<Layer>,
+    pub first_lower: usize,
+    pub work: Option<Workdir>,
+    pub format: WriteFormat,
+    /// Number of distinct filesystems among the layers.
+    pub nfs: usize,
+}
+
+impl Layers {
+    pub fn has_upper(&self) -> bool {
+        self.first_lower == 1
+    }
+
+    pub fn upper(&self) -> Option<&Layer> {
+        if self.has_upper() {
+            self.all.first()
+        } else {
+            None
+        }
+    }
+
+    pub fn is_upper(&self, l: LayerIdx) -> bool {
+        self.has_upper() && l == 0
+    }
+
+    pub fn lowers(&self) -> impl Iterator<Item = (LayerIdx, &Layer)> {
+        self.all
+            .iter()
+            .enumerate()
+            .skip(self.first_lower)
+            .map(|(i, l)| (i as LayerIdx, l))
+    }
+
+    pub fn get(&self, l: LayerIdx) -> &Layer {
+        &self.all[l as usize]
+    }
+
+    /// Opens and checks every layer of `config`.
+    pub fn open(config: &Config) -> Result<Layers, SetupError> {
+        if config.lowers.is_empty() {
+            return Err(SetupError::NoLowers);
+        }
+        match (&config.upper, &config.work) {
+            (Some(_), None) | (None, Some(_)) => {
+                let show = |p: &Option<PathBuf>| {
+                    p.as_ref()
+                        .map_or("(missing)".to_string(), |p| p.display().to_string())
+                };
+                return Err(SetupError::UpperWithoutWork {
+                    upper: show(&config.upper),
+                    work: show(&config.work),
+                });
+            }
+            _ => {}
+        }
+        let mut all = Vec::new();
+        if let Some(upper) = &config.upper {
+            all.push(open_layer("upperdir", upper, true)?);
+        }
+        let first_lower = all.len();
+        for lower in &config.lowers {
+            all.push(open_layer("lowerdir", lower, false)?);
+        }
+
+        // Distinct filesystems, the upper's (or top layer's) first.
+        let mut devs: Vec<u64> = Vec::new();
+        for l in &mut all {
+            let id = devs.iter().position(|&d| d == l.dev).unwrap_or_else(|| {
+                devs.push(l.dev);
+                devs.len() - 1
+            });
+            l.fsid = id as u16;
+        }
+
+        let work = match (&config.upper, &config.work) {
+            (Some(upper), Some(work)) => {
+                let upper_layer = &all[0];
+                let st =
+                    fs::fstatvfs(upper_layer.root.as_fd()).map_err(|errno| SetupError::Layer {
+                        role: "upperdir",
+                        path: upper.clone(),
+                        errno,
+                    })?;
+                if st.f_flag & libc::ST_RDONLY != 0 && !config.read_only {
+                    return Err(SetupError::UpperReadOnly(upper.clone()));
+                }
+                check_overlaps(&all, work)?;
+                Some(prepare_workdir(work, upper, upper_layer)?)
+            }
+            _ => {
+                check_overlaps(&all, Path::new(""))?;
+                None
+            }
+        };
+
+        let format = match &work {
+            Some(w) if !config.read_only => probe_format(w, config.userxattr),
+            _ => WriteFormat {
+                ns: if config.userxattr {
+                    XattrNs::User
+                } else {
+                    XattrNs::Trusted
+                },
+                kernel_whiteouts: true,
+                xattrs: false,
+            },
+        };
+        debug!(
+            "upper format: {} markers, {} whiteouts, xattrs {}",
+            match format.ns {
+                XattrNs::Trusted => "trusted.overlay.*",
+                XattrNs::User => "user.overlay.*",
+            },
+            if format.kernel_whiteouts {
+                "char 0/0"
+            } else {
+                "OCI .wh."
+            },
+            if format.xattrs {
+                "settable"
+            } else {
+                "unavailable"
+            }
+        );
+        Ok(Layers {
+            all,
+            first_lower,
+            work,
+            format,
+            nfs: devs.len(),
+        })
+    }
+}
+
+fn open_layer(role: &'static str, path: &Path, is_upper: bool) -> Result<Layer, SetupError> {
+    let err = |errno: Errno| match errno {
+        e if e == Errno::ENOTDIR => SetupError::NotADirectory {
+            role,
+            path: path.to_path_buf(),
+        },
+        errno => SetupError::Layer {
+            role,
+            path: path.to_path_buf(),
+            errno,
+        },
+    };
+    // The root itself may be a symlink (container storage's l/SHORTID);
+    // nothing below it is ever followed.
+    let root = fs::open_path(path, libc::O_PATH | libc::O_DIRECTORY).map_err(err)?;
+    let st = fs::fstat(root.as_fd()).map_err(err)?;
+    // Reading the root proves the layer is usable with our credentials.
+    fs::list_names(root.as_fd()).map_err(|errno| SetupError::Unreadable {
+        role,
+        path: path.to_path_buf(),
+        errno,
+    })?;
+    let uuid = handle::fs_uuid(root.as_fd()).ok();
+    Ok(Layer {
+        path: path.to_path_buf(),
+        root: Arc::new(root),
+        dev: st.st_dev,
+        root_ino: st.st_ino,
+        fsid: 0,
+        uuid,
+        is_upper,
+    })
+}
+
+/// (dev, ino) of a directory and all its ancestors, found by walking `..`
+/// through descriptors.
+fn ancestry(start: BorrowedFd<'_>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let Ok(mut cur) = fs::openat(start, OsStr::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)
+    else {
+        return out;
+    };
+    for _ in 0..4096 {
+        let Ok(st) = fs::fstat(cur.as_fd()) else {
+            break;
+        };
+        if out.last() == Some(&(st.st_dev, st.st_ino)) {
+            break;
+        }
+        out.push((st.st_dev, st.st_ino));
+        match fs::openat(
+            cur.as_fd(),
+            OsStr::new(".."),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        ) {
+            Ok(p) => cur = p,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The kernel refuses upper and work directories that overlap a lower or
+/// each other: a copy-up would change a lower under the mount's feet.
+fn check_overlaps(all: &[Layer], work: &Path) -> Result<(), SetupError> {
+    let Some(upper) = all.first().filter(|l| l.is_upper) else {
+        return Ok(());
+    };
+    let upper_anc = ancestry(upper.root.as_fd());
+    for lower in all.iter().filter(|l| !l.is_upper) {
+        if upper_anc[1..].contains(&(lower.dev, lower.root_ino))
+            || (lower.dev, lower.root_ino) == (upper.dev, upper.root_ino)
+        {
+            return Err(SetupError::Overlap {
+                inner: "upperdir",
+                inner_path: upper.path.clone(),
+                outer: "lowerdir",
+                outer_path: lower.path.clone(),
+            });
+        }
+        let lower_anc = ancestry(lower.root.as_fd());
+        if lower_anc[1..].contains(&(upper.dev, upper.root_ino)) {
+            return Err(SetupError::Overlap {
+                inner: "lowerdir",
+                inner_path: lower.path.clone(),
+                outer: "upperdir",
+                outer_path: upper.path.clone(),
+            });
+        }
+    }
+    if let Ok(w) = fs::open_path(work, libc::O_PATH | libc::O_DIRECTORY) {
+        let wst = fs::fstat(w.as_fd()).ok();
+        let work_anc = ancestry(w.as_fd());
+        for l in all {
+            let id = (l.dev, l.root_ino);
+            let role = if l.is_upper { "upperdir" } else { "lowerdir" };
+            if work_anc.contains(&id) {
+                return Err(SetupError::Overlap {
+                    inner: "workdir",
+                    inner_path: work.to_path_buf(),
+                    outer: role,
+                    outer_path: l.path.clone(),
+                });
+            }
+            if let Some(wst) = &wst
+                && ancestry(l.root.as_fd())[1..].contains(&(wst.st_dev, wst.st_ino))
+            {
+                return Err(SetupError::Overlap {
+                    inner: role,
+                    inner_path: l.path.clone(),
+                    outer: "workdir",
+                    outer_path: work.to_path_buf(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Workdir, SetupError> {
+    let werr = |what: &'static str| {
+        move |errno: Errno| SetupError::Workdir {
+            path: path.to_path_buf(),
+            what,
+            errno,
+        }
+    };
+    let root = fs::open_path(path, libc::O_PATH | libc::O_DIRECTORY).map_err(|errno| {
+        if errno == Errno::ENOTDIR {
+            SetupError::NotADirectory {
+                role: "workdir",
+                path: path.to_path_buf(),
+            }
+        } else {
+            SetupError::Layer {
+                role: "workdir",
+                path: path.to_path_buf(),
+                errno,
+            }
+        }
+    })?;
+    let st = fs::fstat(root.as_fd()).map_err(werr("stat"))?;
+    if st.st_dev != upper.dev {
+        return Err(SetupError::WorkOtherFs {
+            work: path.to_path_buf(),
+            upper: upper_path.to_path_buf(),
+        });
+    }
+    let sub = |name: &str| -> Result<Arc<OwnedFd>, SetupError> {
+        let name = OsStr::new(name);
+        match fs::mkdirat(root.as_fd(), name, 0) {
+            Ok(()) => {}
+            Err(e) if e == Errno::EEXIST => {}
+            Err(e) => return Err(werr("cannot create work directory")(e)),
+        }
+        let fd = fs::openat(
+            root.as_fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(werr("cannot open work directory"))?;
+        Ok(Arc::new(fd))
+    };
+    let work = sub("work")?;
+    // Whatever a crashed mount left in work/ was never visible: drop it.
+    let mut leftovers = 0usize;
+    let names = fs::list_names(work.as_fd()).map_err(werr("cannot read work directory"))?;
+    for name in names {
+        util::remove_tree(work.as_fd(), &name).map_err(werr("cannot clean work directory"))?;
+        leftovers += 1;
+    }
+    if leftovers > 0 {
+        warn!(
+            "removed {leftovers} leftover object(s) from {}/work",
+            path.display()
+        );
+    }
+    let index = sub("index")?;
+    Ok(Workdir {
+        path: path.to_path_buf(),
+        work,
+        index,
+    })
+}
+
+/// Finds out what the upper's filesystem and our privileges allow.
+fn probe_format(w: &Workdir, userxattr: bool) -> WriteFormat {
+    let work = w.work.as_fd();
+    let wh = util::temp_name();
+    let kernel_whiteouts = fs::mknodat(work, &wh, libc::S_IFCHR, 0).is_ok();
+    let _ = fs::unlinkat(work, &wh, false);
+
+    let d = util::temp_name();
+    let mut ns = None;
+    if fs::mkdirat(work, &d, 0o700).is_ok() {
+        let candidates: &[XattrNs] = if userxattr {
+            &[XattrNs::User]
+        } else {
+            &[XattrNs::Trusted, XattrNs::User]
+        };
+        for &c in candidates {
+            if crate::sys::xattr::set(work, &d, c.name(Attr::Opaque), b"y", 0).is_ok() {
+                ns = Some(c);
+                break;
+            }
+        }
+        let _ = fs::unlinkat(work, &d, true);
+    }
+    WriteFormat {
+        ns: ns.unwrap_or(if userxattr {
+            XattrNs::User
+        } else {
+            XattrNs::Trusted
+        }),
+        kernel_whiteouts,
+        xattrs: ns.is_some(),
+    }
+}

@@ -1,0 +1,212 @@
+//! plyfs-core: the semantics of a union filesystem — layers, lookup,
+//! readdir merge, whiteout and opaque markers, copy-up — exactly as the
+//! kernel's overlayfs defines them, and nothing of FUSE.
+//!
+//! [`Overlay`] is the mounted union. Objects are named by the inode number
+//! the union reports ([`Ino`]); every operation works on layer directory
+//! descriptors with `*at()` calls and never follows a symlink inside a
+//! layer.
+
+pub mod attr;
+pub mod config;
+pub mod copy_up;
+pub mod dir;
+pub mod error;
+pub mod fh;
+pub mod file;
+pub mod inode;
+pub mod layers;
+pub mod markers;
+pub mod namei;
+pub mod readdir;
+pub mod sys;
+pub mod util;
+pub mod xattrs;
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::{Errno, Result, SetupError};
+pub use inode::{Ino, ROOT_INO};
+pub use readdir::DirEntry;
+pub use sys::fs::{SetTime, Stat, StatVfs};
+
+use inode::{InoMap, InodeTable, Node, NodeState, Real};
+use layers::Layers;
+use markers::Markers;
+
+/// A looked-up object: its number, generation and attributes.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub ino: Ino,
+    pub generation: u64,
+    pub attr: Stat,
+}
+
+/// Who asks: new objects belong to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+}
+
+/// A mounted union of layers.
+#[derive(Debug)]
+pub struct Overlay {
+    pub(crate) config: Config,
+    pub(crate) layers: Layers,
+    pub(crate) inodes: InodeTable,
+    pub(crate) inomap: InoMap,
+    pub(crate) root: Arc<Node>,
+    /// What the root reports as st_ino (FUSE knows it as [`ROOT_INO`]).
+    root_st_ino: Ino,
+}
+
+impl Overlay {
+    /// Opens the layers of `config`, checks them, prepares the work
+    /// directory and makes the root of the union.
+    pub fn new(config: Config) -> std::result::Result<Overlay, SetupError> {
+        let layers = Layers::open(&config)?;
+        let inomap = InoMap::new(&layers);
+        fn layer_err(l: &layers::Layer) -> impl Fn(Errno) -> SetupError + '_ {
+            let role = if l.is_upper { "upperdir" } else { "lowerdir" };
+            move |errno| SetupError::Layer {
+                role,
+                path: l.path.clone(),
+                errno,
+            }
+        }
+        let mut lowers = Vec::new();
+        for (idx, l) in layers.lowers() {
+            let m = Markers::read(l.root.as_fd(), OsStr::new(".")).map_err(layer_err(l))?;
+            lowers.push(Real::Dir {
+                layer: idx,
+                fd: l.root.clone(),
+                xwhiteouts: m.xwhiteouts,
+            });
+        }
+        let first = layers
+            .lowers()
+            .next()
+            .map(|(_, l)| l)
+            .ok_or(SetupError::NoLowers)?;
+        let lower_stat = sys::fs::fstat(first.root.as_fd()).map_err(layer_err(first))?;
+        let root_st_ino = inomap.map(first.fsid, first.root_ino);
+        let (upper, impure) = match layers.upper() {
+            Some(u) => {
+                let m = Markers::read(u.root.as_fd(), OsStr::new(".")).map_err(layer_err(u))?;
+                (
+                    Some(Real::Dir {
+                        layer: 0,
+                        fd: u.root.clone(),
+                        xwhiteouts: false,
+                    }),
+                    m.impure,
+                )
+            }
+            None => (None, false),
+        };
+        let inodes = InodeTable::default();
+        let root = inodes.insert_root(Node::new(
+            ROOT_INO,
+            0,
+            libc::S_IFDIR,
+            NodeState {
+                parent: ROOT_INO,
+                name: Arc::from(OsStr::new("")),
+                upper,
+                lowers: lowers.into(),
+                lower_stat: Some(lower_stat),
+                redirect: None,
+                impure,
+                opaque: false,
+                indexed: false,
+                nlink: None,
+                unlinked: false,
+            },
+        ));
+        Ok(Overlay {
+            config,
+            layers,
+            inodes,
+            inomap,
+            root,
+            root_st_ino,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The union can be written to.
+    pub fn writable(&self) -> bool {
+        self.config.writable()
+    }
+
+    pub(crate) fn node(&self, ino: Ino) -> Result<Arc<Node>> {
+        self.inodes.get(ino).ok_or(Errno::ESTALE)
+    }
+
+    /// The st_ino a node reports.
+    pub(crate) fn st_ino(&self, node: &Node) -> Ino {
+        if node.ino == ROOT_INO {
+            self.root_st_ino
+        } else {
+            node.ino
+        }
+    }
+
+    /// Drops `n` kernel lookups of `ino`.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// Number of union inodes currently known.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != libc::S_IFLNK {
+            return Err(Errno::EINVAL);
+        }
+        let s = node.state.read();
+        match s.real().ok_or(Errno::ESTALE)? {
+            Real::Pinned { fd, .. } => sys::fs::readlinkat(fd.as_fd(), OsStr::new("")),
+            r => {
+                let (dir, name) = r.at().ok_or(Errno::EIO)?;
+                sys::fs::readlinkat(dir, name)
+            }
+        }
+    }
+
+    /// Filesystem statistics: the upper's, or the top lower's when there is
+    /// no upper. `f_namemax` is the smallest of all layers'.
+    pub fn statfs(&self) -> Result<StatVfs> {
+        let top = &self.layers.all[0];
+        let mut st = sys::fs::fstatvfs(top.root.as_fd())?;
+        for l in &self.layers.all[1..] {
+            if let Ok(o) = sys::fs::fstatvfs(l.root.as_fd()) {
+                st.f_namemax = st.f_namemax.min(o.f_namemax);
+            }
+        }
+        Ok(st)
+    }
+
+    /// Fails with EROFS unless the union takes changes.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.writable() {
+            Ok(())
+        } else {
+            Err(Errno::EROFS)
+        }
+    }
+}

@@ -1,0 +1,736 @@
+//! Lookup: resolving a name in a union directory, top-down through the
+//! layers, exactly as the kernel's overlayfs resolves it.
+//!
+//! The upper is probed directly (it changes); the lowers are answered from
+//! the parent's [`LowerListing`] (they never change), so a miss costs one
+//! hash probe however deep the stack is. Redirects, opaque directories and
+//! whiteouts in every format are honoured on the way.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::Overlay;
+use crate::error::{Errno, Result};
+use crate::fh::OriginFh;
+use crate::inode::{Child, Ino, Node, NodeState, Real};
+use crate::layers::LayerIdx;
+use crate::markers::{self, Markers, NlinkBase, Redirect};
+use crate::readdir::EntryKind;
+use crate::sys::fs::{self, Stat};
+use crate::sys::handle;
+use crate::util;
+
+/// What a name resolves to, before it becomes a node.
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub kind: u32,
+    pub upper: Option<Real>,
+    pub upper_stat: Option<Stat>,
+    pub lowers: Vec<Real>,
+    pub lower_stat: Option<Stat>,
+    pub opaque: bool,
+    pub redirect: Option<Vec<u8>>,
+    pub impure: bool,
+    pub indexed: bool,
+    pub nlink: Option<(NlinkBase, i64)>,
+}
+
+/// Where lookup in the lower layers continues.
+enum Cursor {
+    /// `name` in the parent's lower stack, from stack position `pos`.
+    Parent { pos: usize, name: OsString },
+    /// An absolute path from the layer roots, from layer `layer` down.
+    Root {
+        layer: LayerIdx,
+        comps: Vec<Vec<u8>>,
+    },
+}
+
+/// The lowers' part of a lookup.
+#[derive(Default)]
+struct LowerPart {
+    dirs: Vec<Real>,
+    nondir: Option<Real>,
+    first_stat: Option<Stat>,
+    /// A whiteout ended the search before anything was found.
+    whited_out: bool,
+}
+
+const DIR_FLAGS: i32 = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+
+impl Overlay {
+    /// Resolves `name` in directory `parent` and counts a kernel lookup of
+    /// the result.
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<crate::Entry> {
+        let pnode = self.node(parent)?;
+        let node = self.lookup_node(&pnode, name)?;
+        let attr = self.node_attr(&node)?;
+        Ok(crate::Entry {
+            ino: node.ino,
+            generation: node.generation,
+            attr,
+        })
+    }
+
+    /// Lookup for internal use: the node of `name` in `parent`, counted as a
+    /// kernel lookup only when `count` (callers that reply to the kernel).
+    pub(crate) fn lookup_node(&self, parent: &Arc<Node>, name: &OsStr) -> Result<Arc<Node>> {
+        self.find_node(parent, name, true)
+    }
+
+    pub(crate) fn find_node(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        count: bool,
+    ) -> Result<Arc<Node>> {
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        util::check_name(name)?;
+        if markers::is_reserved_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        // The lookup cache: a live node, or a known miss.
+        let cached = parent.children.read().get(name).cloned();
+        match cached {
+            Some(Child::Negative) => return Err(Errno::ENOENT),
+            Some(Child::Positive(w)) => {
+                if let Some(n) = w.upgrade() {
+                    if !count {
+                        return Ok(n);
+                    }
+                    // Count the lookup through the table so that it cannot
+                    // race with forget; a node no longer in it is stale.
+                    if let Some(live) = self.inodes.recount(&n) {
+                        return Ok(live);
+                    }
+                }
+            }
+            None => {}
+        }
+        let version = parent.dir_version.load(Ordering::Acquire);
+        let pstate = parent.state.read().clone();
+        let found = self.resolve(parent, &pstate, name)?;
+        let Some(found) = found else {
+            if parent.dir_version.load(Ordering::Acquire) == version {
+                parent
+                    .children
+                    .write()
+                    .insert(name.to_os_string(), Child::Negative);
+            }
+            return Err(Errno::ENOENT);
+        };
+        let node = self.node_from(found, parent.ino, name, count);
+        if parent.dir_version.load(Ordering::Acquire) == version {
+            parent
+                .children
+                .write()
+                .insert(name.to_os_string(), Child::Positive(Arc::downgrade(&node)));
+        }
+        Ok(node)
+    }
+
+    /// The inode number `name` would have, without making it known to the
+    /// kernel (readdir's `d_ino`).
+    pub(crate) fn peek_ino(&self, parent: &Arc<Node>, name: &OsStr) -> Result<Ino> {
+        if let Some(Child::Positive(w)) = parent.children.read().get(name)
+            && let Some(n) = w.upgrade()
+        {
+            return Ok(n.ino);
+        }
+        let pstate = parent.state.read().clone();
+        let found = self.resolve(parent, &pstate, name)?.ok_or(Errno::ENOENT)?;
+        Ok(self.ino_of(&found))
+    }
+
+    /// Makes (or finds) the node for a resolved object.
+    pub(crate) fn node_from(
+        &self,
+        found: Found,
+        parent: Ino,
+        name: &OsStr,
+        count: bool,
+    ) -> Arc<Node> {
+        let ino = self.ino_of(&found);
+        let kind = found.kind;
+        let name: Arc<OsStr> = Arc::from(name);
+        let make = |generation| {
+            Node::new(
+                ino,
+                generation,
+                kind,
+                NodeState {
+                    parent,
+                    name: name.clone(),
+                    upper: found.upper.clone(),
+                    lowers: found.lowers.clone().into(),
+                    lower_stat: found.lower_stat,
+                    redirect: found.redirect.clone(),
+                    impure: found.impure,
+                    opaque: found.opaque,
+                    indexed: found.indexed,
+                    nlink: found.nlink,
+                    unlinked: false,
+                },
+            )
+        };
+        let node = if count {
+            self.inodes.lookup_or_insert(ino, kind, make)
+        } else {
+            match self.inodes.get(ino) {
+                Some(n) if n.kind == kind => n,
+                _ => Arc::new(make(0)),
+            }
+        };
+        // Remember the latest name: copy-up recreates this path.
+        {
+            let mut s = node.state.write();
+            if s.parent != parent || *s.name != *name {
+                s.parent = parent;
+                s.name = name;
+            }
+        }
+        node
+    }
+
+    /// The number the mount reports for a resolved object.
+    pub(crate) fn ino_of(&self, f: &Found) -> Ino {
+        let layer_fsid = |r: &Real| self.layers.get(r.layer()).fsid;
+        let from_lower = match (&f.upper, f.lowers.first(), &f.lower_stat) {
+            (_, Some(l), Some(ls)) if f.kind == libc::S_IFDIR => Some((layer_fsid(l), ls.st_ino)),
+            // A copy keeps its origin's number, unless the origin is a hard
+            // link that was not indexed (then the copy is a different object).
+            (Some(_), Some(l), Some(ls)) if ls.st_nlink <= 1 || f.indexed => {
+                Some((layer_fsid(l), ls.st_ino))
+            }
+            (None, Some(l), Some(ls)) => Some((layer_fsid(l), ls.st_ino)),
+            _ => None,
+        };
+        let (fsid, ino) = from_lower.unwrap_or_else(|| {
+            let u = f.upper.as_ref().map_or(0, layer_fsid);
+            (u, f.upper_stat.map_or(0, |s| s.st_ino))
+        });
+        self.inomap.map(fsid, ino)
+    }
+
+    /// Resolves `name` in `parent`: `None` when it does not exist in the
+    /// union (absent or whited out).
+    pub(crate) fn resolve(
+        &self,
+        parent: &Node,
+        pstate: &NodeState,
+        name: &OsStr,
+    ) -> Result<Option<Found>> {
+        let mut found = Found {
+            kind: 0,
+            upper: None,
+            upper_stat: None,
+            lowers: Vec::new(),
+            lower_stat: None,
+            opaque: false,
+            redirect: None,
+            impure: false,
+            indexed: false,
+            nlink: None,
+        };
+        let mut cursor = Some(Cursor::Parent {
+            pos: 0,
+            name: name.to_os_string(),
+        });
+        let mut origin_raw = None;
+
+        if let Some(udir) = pstate.upper_dir() {
+            match fs::fstatat(udir.as_fd(), name) {
+                Ok(st) if markers::is_whiteout(&st) => return Ok(None),
+                Ok(st) => {
+                    found.kind = util::kind(st.st_mode);
+                    found.upper_stat = Some(st);
+                    if found.kind == libc::S_IFDIR {
+                        let fd = Arc::new(fs::openat(udir.as_fd(), name, DIR_FLAGS, 0)?);
+                        let m = Markers::read(fd.as_fd(), OsStr::new("."))?;
+                        found.opaque = m.opaque;
+                        found.impure = m.impure;
+                        if let Some(raw) = &m.redirect {
+                            cursor = Some(match Redirect::parse(raw)? {
+                                Redirect::Relative(r) => Cursor::Parent {
+                                    pos: 0,
+                                    name: OsString::from_vec(r),
+                                },
+                                Redirect::Absolute(comps) => Cursor::Root {
+                                    layer: self.layers.first_lower as LayerIdx,
+                                    comps,
+                                },
+                            });
+                            found.redirect = Some(raw.clone());
+                        }
+                        if found.opaque {
+                            cursor = None;
+                        }
+                        found.upper = Some(Real::Dir {
+                            layer: 0,
+                            fd,
+                            xwhiteouts: false,
+                        });
+                    } else {
+                        // An upper non-directory hides everything below; only
+                        // its copy-up origin is of interest (for st_ino). Only
+                        // directories marked impure, or merged ones, hold
+                        // copies with origins.
+                        if pstate.impure || !pstate.lowers.is_empty() {
+                            let m = Markers::read(udir.as_fd(), name)?;
+                            origin_raw = m.origin;
+                            found.nlink = m.nlink.as_deref().and_then(markers::parse_nlink);
+                        }
+                        found.upper = Some(Real::At {
+                            layer: 0,
+                            dir: udir.clone(),
+                            name: Arc::from(name),
+                        });
+                        cursor = None;
+                    }
+                }
+                Err(e) if e == Errno::ENOENT => {}
+                Err(e) => return Err(e),
+            }
+        }
+
+        let lower = match cursor {
+            Some(c) if !pstate.lowers.is_empty() || matches!(c, Cursor::Root { .. }) => {
+                self.resolve_lowers(parent, pstate, c, found.upper.is_some())?
+            }
+            _ => LowerPart::default(),
+        };
+
+        if found.upper.is_none() {
+            if lower.whited_out || (lower.dirs.is_empty() && lower.nondir.is_none()) {
+                return Ok(None);
+            }
+            // An OCI whiteout in the upper hides what the lowers have.
+            if let Some(udir) = pstate.upper_dir()
+                && exists(udir.as_fd(), &markers::oci_whiteout_name(name))?
+            {
+                return Ok(None);
+            }
+        }
+
+        if found.kind == libc::S_IFDIR {
+            if !lower.dirs.is_empty()
+                && !found.opaque
+                && let Some(Real::Dir { fd, .. }) = &found.upper
+                && exists(fd.as_fd(), OsStr::new(markers::OCI_OPAQUE))?
+            {
+                found.opaque = true;
+            }
+            if !found.opaque {
+                found.lower_stat = lower.first_stat;
+                found.lowers = lower.dirs;
+            }
+        } else if found.upper.is_some() {
+            if let Some(raw) = origin_raw {
+                self.attach_origin(&mut found, parent, pstate, name, &raw)?;
+            }
+        } else if let Some(nd) = lower.nondir {
+            found.kind = util::kind(lower.first_stat.map_or(0, |s| s.st_mode));
+            found.lower_stat = lower.first_stat;
+            found.lowers = vec![nd];
+            if found.lower_stat.is_some_and(|s| s.st_nlink > 1) {
+                self.attach_index(&mut found)?;
+            }
+        } else {
+            found.kind = libc::S_IFDIR;
+            found.lower_stat = lower.first_stat;
+            found.lowers = lower.dirs;
+        }
+        Ok(Some(found))
+    }
+
+    fn resolve_lowers(
+        &self,
+        parent: &Node,
+        pstate: &NodeState,
+        mut cursor: Cursor,
+        upper_is_dir: bool,
+    ) -> Result<LowerPart> {
+        let mut out = LowerPart::default();
+        let mut is_dir = upper_is_dir;
+        let bottom = (self.layers.all.len() - 1) as LayerIdx;
+        loop {
+            match cursor {
+                Cursor::Parent { pos, name } => {
+                    let listing = self.listing(parent, pstate)?;
+                    let Some(hit) = listing.first_hit(&name, pos) else {
+                        return Ok(out);
+                    };
+                    let pdir = &pstate.lowers[hit.pos];
+                    let (layer, pfd) = match pdir {
+                        Real::Dir { layer, fd, .. } => (*layer, fd),
+                        _ => return Err(Errno::EIO),
+                    };
+                    match hit.kind {
+                        EntryKind::Whiteout => {
+                            out.whited_out = !is_dir && out.nondir.is_none();
+                            return Ok(out);
+                        }
+                        EntryKind::Other(_) => {
+                            if !is_dir {
+                                out.first_stat = Some(fs::fstatat(pfd.as_fd(), &name)?);
+                                out.nondir = Some(Real::At {
+                                    layer,
+                                    dir: pfd.clone(),
+                                    name: Arc::from(name.as_os_str()),
+                                });
+                            }
+                            return Ok(out);
+                        }
+                        EntryKind::Dir => {
+                            let Some(step) = self.lower_dir(
+                                pfd.as_fd(),
+                                &name,
+                                layer,
+                                layer == bottom,
+                                &mut out,
+                            )?
+                            else {
+                                return Ok(out);
+                            };
+                            is_dir = true;
+                            cursor = match step {
+                                Next::Stop => return Ok(out),
+                                Next::Same => Cursor::Parent {
+                                    pos: hit.pos + 1,
+                                    name,
+                                },
+                                Next::Redirect(Redirect::Relative(r)) => Cursor::Parent {
+                                    pos: hit.pos + 1,
+                                    name: OsString::from_vec(r),
+                                },
+                                Next::Redirect(Redirect::Absolute(comps)) => Cursor::Root {
+                                    layer: layer + 1,
+                                    comps,
+                                },
+                            };
+                        }
+                    }
+                }
+                Cursor::Root { layer, mut comps } => {
+                    for l in layer..=bottom {
+                        match self.walk_layer(l, &mut comps, is_dir, &mut out)? {
+                            Walk::Missing => continue,
+                            Walk::Stop => return Ok(out),
+                            Walk::Found => is_dir = true,
+                            Walk::FoundStop => return Ok(out),
+                        }
+                    }
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// Adds the lower directory `name` in `pfd` to the stack and reads its
+    /// markers: how lookup continues below it.
+    fn lower_dir(
+        &self,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+        layer: LayerIdx,
+        bottom: bool,
+        out: &mut LowerPart,
+    ) -> Result<Option<Next>> {
+        let fd = match fs::openat(pfd, name, DIR_FLAGS, 0) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) if e == Errno::ENOENT => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if out.first_stat.is_none() {
+            out.first_stat = Some(fs::fstat(fd.as_fd())?);
+        }
+        // The bottom layer's markers cannot change anything below it.
+        let m = if bottom {
+            Markers::default()
+        } else {
+            Markers::read(fd.as_fd(), OsStr::new("."))?
+        };
+        out.dirs.push(Real::Dir {
+            layer,
+            fd,
+            xwhiteouts: m.xwhiteouts,
+        });
+        Ok(Some(if m.opaque {
+            Next::Stop
+        } else if let Some(raw) = &m.redirect {
+            Next::Redirect(Redirect::parse(raw)?)
+        } else {
+            Next::Same
+        }))
+    }
+
+    /// Follows an absolute redirect path in one lower layer, component by
+    /// component, as the kernel does: whiteouts and non-directories on the
+    /// way end the search; an opaque directory on the way ends it below
+    /// this layer; a redirect on the way rewrites the path for the layers
+    /// below (this layer walks on along the path as it was).
+    fn walk_layer(
+        &self,
+        l: LayerIdx,
+        comps: &mut Vec<Vec<u8>>,
+        is_dir: bool,
+        out: &mut LowerPart,
+    ) -> Result<Walk> {
+        let bottom = l as usize == self.layers.all.len() - 1;
+        let mut cur = self.layers.get(l).root.clone();
+        let mut cur_xwh = self.root_xwhiteouts(l);
+        let mut stop_below = false;
+        // The path as the layers below will see it, up to component i.
+        let mut prefix: Vec<Vec<u8>> = Vec::with_capacity(comps.len());
+        let n = comps.len();
+        for i in 0..n {
+            let name = OsStr::from_bytes(&comps[i]).to_os_string();
+            prefix.push(comps[i].clone());
+            let last = i + 1 == n;
+            let st = match fs::fstatat(cur.as_fd(), &name) {
+                Ok(st) => st,
+                Err(e) if e == Errno::ENOENT || e == Errno::ENAMETOOLONG => {
+                    prefix.extend_from_slice(&comps[i + 1..]);
+                    *comps = prefix;
+                    return Ok(if stop_below {
+                        Walk::Stop
+                    } else {
+                        Walk::Missing
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            if markers::is_whiteout(&st)
+                || exists(cur.as_fd(), &markers::oci_whiteout_name(&name))?
+                || (cur_xwh && is_xwhiteout(cur.as_fd(), &name, &st)?)
+            {
+                out.whited_out = !is_dir && out.nondir.is_none() && out.dirs.is_empty();
+                return Ok(Walk::Stop);
+            }
+            if !util::is_dir(st.st_mode) {
+                if last && !is_dir && out.dirs.is_empty() {
+                    out.first_stat = Some(st);
+                    out.nondir = Some(Real::At {
+                        layer: l,
+                        dir: cur.clone(),
+                        name: Arc::from(name.as_os_str()),
+                    });
+                }
+                return Ok(Walk::Stop);
+            }
+            if last {
+                let res = match self.lower_dir(cur.as_fd(), &name, l, bottom, out)? {
+                    None => Walk::Missing,
+                    Some(Next::Stop) => Walk::FoundStop,
+                    Some(Next::Same) => Walk::Found,
+                    Some(Next::Redirect(r)) => {
+                        apply_redirect(&mut prefix, r);
+                        Walk::Found
+                    }
+                };
+                *comps = prefix;
+                return Ok(match res {
+                    Walk::Found if stop_below => Walk::FoundStop,
+                    Walk::Missing if stop_below => Walk::Stop,
+                    r => r,
+                });
+            }
+            let next = Arc::new(fs::openat(cur.as_fd(), &name, DIR_FLAGS, 0)?);
+            cur_xwh = false;
+            if !bottom {
+                let m = Markers::read(next.as_fd(), OsStr::new("."))?;
+                cur_xwh = m.xwhiteouts;
+                if m.opaque {
+                    stop_below = true;
+                } else if let Some(raw) = &m.redirect {
+                    let r = Redirect::parse(raw)?;
+                    if matches!(r, Redirect::Absolute(_)) {
+                        stop_below = false;
+                    }
+                    apply_redirect(&mut prefix, r);
+                }
+            }
+            cur = next;
+        }
+        Ok(Walk::Missing)
+    }
+
+    /// Whether a lower layer's root directory holds xattr whiteouts.
+    fn root_xwhiteouts(&self, l: LayerIdx) -> bool {
+        self.root
+            .state
+            .read()
+            .lowers
+            .iter()
+            .any(|r| r.layer() == l && r.xwhiteouts())
+    }
+
+    /// An upper non-directory with `overlay.origin`: find the lower object
+    /// it was copied from, for its inode number and link count.
+    fn attach_origin(
+        &self,
+        found: &mut Found,
+        parent: &Node,
+        pstate: &NodeState,
+        name: &OsStr,
+        raw: &[u8],
+    ) -> Result<()> {
+        let Some(fh) = OriginFh::decode(raw) else {
+            return Ok(());
+        };
+        let mut origin: Option<(Real, Stat)> = None;
+        // Copied in place: the lower at the same name is usually the origin,
+        // recognised by comparing handles (no privilege needed).
+        if let Some(listing) = (!pstate.lowers.is_empty())
+            .then(|| self.listing(parent, pstate))
+            .transpose()?
+            && let Some(hit) = listing.first_hit(name, 0)
+            && matches!(hit.kind, EntryKind::Other(_))
+            && let Some(Real::Dir { layer, fd, .. }) = pstate.lowers.get(hit.pos)
+            && self.layers.get(*layer).uuid.unwrap_or_default() == fh.uuid
+            && handle::name_to_handle_at(fd.as_fd(), name).is_ok_and(|h| h == fh.handle)
+        {
+            let st = fs::fstatat(fd.as_fd(), name)?;
+            origin = Some((
+                Real::At {
+                    layer: *layer,
+                    dir: fd.clone(),
+                    name: Arc::from(name),
+                },
+                st,
+            ));
+        }
+        // Moved since: decode the handle on the filesystem with that UUID.
+        if origin.is_none() {
+            let mut candidates = self
+                .layers
+                .lowers()
+                .filter(|(_, l)| l.uuid == Some(fh.uuid));
+            let first = candidates.next();
+            let ambiguous = candidates.any(|(_, l)| Some(l.dev) != first.map(|(_, f)| f.dev));
+            if let (Some((idx, layer)), false) = (first, ambiguous)
+                && let Ok(fd) =
+                    handle::open_by_handle_at(layer.root.as_fd(), &fh.handle, libc::O_PATH)
+            {
+                let st = fs::fstat(fd.as_fd())?;
+                origin = Some((
+                    Real::Pinned {
+                        layer: idx,
+                        fd: Arc::new(fd),
+                    },
+                    st,
+                ));
+            }
+        }
+        let Some((real, st)) = origin else {
+            return Ok(());
+        };
+        if util::kind(st.st_mode) != found.kind {
+            return Ok(());
+        }
+        if st.st_nlink > 1
+            && let (Some(work), Some(ust)) = (&self.layers.work, &found.upper_stat)
+            && let Ok(ist) = fs::fstatat(work.index.as_fd(), OsStr::new(&fh.index_name()))
+        {
+            found.indexed = ist.st_dev == ust.st_dev && ist.st_ino == ust.st_ino;
+        }
+        found.lowers = vec![real];
+        found.lower_stat = Some(st);
+        Ok(())
+    }
+
+    /// A lower hard link: if one of its names was copied up, the copy sits
+    /// in the index and every name uses it.
+    fn attach_index(&self, found: &mut Found) -> Result<()> {
+        let Some(work) = &self.layers.work else {
+            return Ok(());
+        };
+        let Some(fh) = self.origin_fh(&found.lowers[0])? else {
+            return Ok(());
+        };
+        let iname = OsString::from(fh.index_name());
+        let st = match fs::fstatat(work.index.as_fd(), &iname) {
+            Ok(st) => st,
+            Err(e) if e == Errno::ENOENT => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if util::kind(st.st_mode) != found.kind {
+            return Ok(());
+        }
+        let m = Markers::read(work.index.as_fd(), &iname)?;
+        found.nlink = m.nlink.as_deref().and_then(markers::parse_nlink);
+        found.upper = Some(Real::At {
+            layer: 0,
+            dir: work.index.clone(),
+            name: Arc::from(iname.as_os_str()),
+        });
+        found.upper_stat = Some(st);
+        found.indexed = true;
+        Ok(())
+    }
+
+    /// The kernel-format handle of a lower object, as `overlay.origin`
+    /// records it; `None` when the filesystem cannot make one.
+    pub(crate) fn origin_fh(&self, real: &Real) -> Result<Option<OriginFh>> {
+        let layer = self.layers.get(real.layer());
+        let h = match real.at() {
+            Some((dir, name)) => handle::name_to_handle_at(dir, name),
+            None => return Ok(None),
+        };
+        match h {
+            Ok(handle) => Ok(Some(OriginFh {
+                uuid: layer.uuid.unwrap_or_default(),
+                handle,
+            })),
+            Err(e) if e == Errno::EOPNOTSUPP || e == Errno::EOVERFLOW => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+enum Next {
+    Stop,
+    Same,
+    Redirect(Redirect),
+}
+
+enum Walk {
+    Missing,
+    Stop,
+    Found,
+    FoundStop,
+}
+
+/// Rewrites a path prefix for a redirect met at its last component.
+fn apply_redirect(prefix: &mut Vec<Vec<u8>>, r: Redirect) {
+    match r {
+        Redirect::Relative(name) => {
+            if let Some(last) = prefix.last_mut() {
+                *last = name;
+            }
+        }
+        Redirect::Absolute(abs) => *prefix = abs,
+    }
+}
+
+/// An xattr whiteout: a zero-size regular file with `overlay.whiteout`,
+/// honoured in directories marked `overlay.opaque=x`.
+pub(crate) fn is_xwhiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+        return Ok(false);
+    }
+    Ok(Markers::read(dir, name)?.whiteout)
+}
+
+fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    match fs::fstatat(dir, name) {
+        Ok(_) => Ok(true),
+        Err(e) if e == Errno::ENOENT || e == Errno::ENAMETOOLONG => Ok(false),
+        Err(e) => Err(e),
+    }
+}

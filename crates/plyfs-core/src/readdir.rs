@@ -1,0 +1,289 @@
+//! Reading union directories: the merged listing of a directory's lower
+//! layers (built once, since lowers never change, and used by lookup as an
+//! index) and the merged view readdir returns.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use crate::Overlay;
+use crate::error::{Errno, Result};
+use crate::inode::{Ino, Node, NodeState, Real};
+use crate::markers;
+use crate::namei::is_xwhiteout;
+use crate::sys::fs;
+
+/// What a name is in one lower directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Whiteout,
+    Dir,
+    /// Anything else, with its `d_type`.
+    Other(u8),
+}
+
+/// A name found in one layer of a directory's lower stack.
+#[derive(Clone, Copy, Debug)]
+pub struct Hit {
+    /// Position in the directory's lower stack (0 = top-most lower).
+    pub pos: usize,
+    pub kind: EntryKind,
+    /// The real inode number (`d_ino`) in that layer.
+    pub ino: u64,
+}
+
+/// Every name in a directory's lower layers, each with the layers that have
+/// it, top-most first. One hash probe answers "which layers have NAME".
+#[derive(Debug, Default)]
+pub struct LowerListing {
+    names: HashMap<OsString, Vec<Hit>>,
+}
+
+impl LowerListing {
+    /// The first layer at or below stack position `from` that has `name`.
+    pub fn first_hit(&self, name: &OsStr, from: usize) -> Option<Hit> {
+        self.names
+            .get(name)?
+            .iter()
+            .find(|h| h.pos >= from)
+            .copied()
+    }
+
+    /// Names visible from the lowers and what they resolve to.
+    pub fn visible(&self) -> impl Iterator<Item = (&OsStr, Hit)> {
+        self.names.iter().filter_map(|(n, hits)| {
+            let h = *hits.first()?;
+            (h.kind != EntryKind::Whiteout).then_some((n.as_os_str(), h))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Reads the lower directories of a union directory, top-most first,
+    /// down to the first one marked opaque in the OCI format.
+    pub fn build(lowers: &[Real]) -> Result<LowerListing> {
+        let mut names: HashMap<OsString, Vec<Hit>> = HashMap::new();
+        for (pos, real) in lowers.iter().enumerate() {
+            let Some(dir) = real.dir_fd() else {
+                return Err(Errno::EIO);
+            };
+            let xwh = real.xwhiteouts();
+            let mut oci_opaque = false;
+            // Entries whose kind d_type alone does not tell.
+            let mut unsure: Vec<(OsString, u64)> = Vec::new();
+            let add = |names: &mut HashMap<OsString, Vec<Hit>>, name: &OsStr, hit: Hit| {
+                let hits = names.entry(name.to_os_string()).or_default();
+                // Within one layer a real entry comes before its whiteout.
+                match hits.last() {
+                    Some(last) if last.pos == pos && hit.kind == EntryKind::Whiteout => {
+                        hits.push(hit)
+                    }
+                    Some(last) if last.pos == pos => hits.insert(hits.len() - 1, hit),
+                    _ => hits.push(hit),
+                }
+            };
+            fs::read_dir(dir.as_fd(), |e| {
+                if e.name == markers::OCI_OPAQUE {
+                    oci_opaque = true;
+                    return;
+                }
+                if let Some(target) = markers::oci_whiteout_target(e.name) {
+                    add(
+                        &mut names,
+                        target,
+                        Hit {
+                            pos,
+                            kind: EntryKind::Whiteout,
+                            ino: 0,
+                        },
+                    );
+                    return;
+                }
+                let kind = match e.dtype {
+                    libc::DT_DIR => EntryKind::Dir,
+                    libc::DT_CHR | libc::DT_UNKNOWN => {
+                        unsure.push((e.name.to_os_string(), e.ino));
+                        return;
+                    }
+                    libc::DT_REG if xwh => {
+                        unsure.push((e.name.to_os_string(), e.ino));
+                        return;
+                    }
+                    t => EntryKind::Other(t),
+                };
+                add(
+                    &mut names,
+                    e.name,
+                    Hit {
+                        pos,
+                        kind,
+                        ino: e.ino,
+                    },
+                );
+            })?;
+            for (name, ino) in unsure {
+                let st = match fs::fstatat(dir.as_fd(), &name) {
+                    Ok(st) => st,
+                    Err(e) if e == Errno::ENOENT => continue,
+                    Err(e) => return Err(e),
+                };
+                let kind = if markers::is_whiteout(&st)
+                    || (xwh && is_xwhiteout(dir.as_fd(), &name, &st)?)
+                {
+                    EntryKind::Whiteout
+                } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::Other(dtype_of(st.st_mode))
+                };
+                add(&mut names, &name, Hit { pos, kind, ino });
+            }
+            if oci_opaque {
+                break;
+            }
+        }
+        Ok(LowerListing { names })
+    }
+}
+
+/// `d_type` for a mode.
+pub fn dtype_of(mode: u32) -> u8 {
+    ((mode & libc::S_IFMT) >> 12) as u8
+}
+
+/// One entry of a union directory as readdir returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: Ino,
+    /// `d_type`.
+    pub dtype: u8,
+}
+
+impl Overlay {
+    /// The lower listing of `node`, built on first use.
+    pub(crate) fn listing(&self, node: &Node, state: &NodeState) -> Result<Arc<LowerListing>> {
+        if let Some(l) = node.listing.get() {
+            return Ok(l.clone());
+        }
+        let built = Arc::new(LowerListing::build(&state.lowers)?);
+        Ok(node.listing.get_or_init(|| built).clone())
+    }
+
+    /// The entries of union directory `ino`, with `.` and `..`.
+    pub fn read_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let node = self.node(ino)?;
+        self.read_dir_node(&node)
+    }
+
+    pub(crate) fn read_dir_node(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
+        let node = node.clone();
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let state = node.state.read().clone();
+        let mut out = Vec::new();
+        out.push(DirEntry {
+            name: ".".into(),
+            ino: self.st_ino(&node),
+            dtype: libc::DT_DIR,
+        });
+        let parent_ino = if node.ino == crate::inode::ROOT_INO {
+            self.st_ino(&node)
+        } else {
+            self.inodes
+                .get(state.parent)
+                .map_or(state.parent, |p| self.st_ino(&p))
+        };
+        out.push(DirEntry {
+            name: "..".into(),
+            ino: parent_ino,
+            dtype: libc::DT_DIR,
+        });
+
+        // Names the upper decides: present there, or whited out there.
+        let mut decided: HashMap<OsString, ()> = HashMap::new();
+        let mut opaque = state.opaque;
+        let listing = if state.lowers.is_empty() {
+            None
+        } else {
+            Some(self.listing(&node, &state)?)
+        };
+        if let Some(udir) = state.upper_dir() {
+            let mut upper = Vec::new();
+            let mut chr = Vec::new();
+            fs::read_dir(udir.as_fd(), |e| {
+                if e.name == markers::OCI_OPAQUE {
+                    opaque = true;
+                } else if let Some(t) = markers::oci_whiteout_target(e.name) {
+                    decided.insert(t.to_os_string(), ());
+                } else if e.dtype == libc::DT_CHR || e.dtype == libc::DT_UNKNOWN {
+                    chr.push((e.name.to_os_string(), e.ino));
+                } else {
+                    upper.push((e.name.to_os_string(), e.ino, e.dtype));
+                }
+            })?;
+            for (name, ino) in chr {
+                let st = match fs::fstatat(udir.as_fd(), &name) {
+                    Ok(st) => st,
+                    Err(e) if e == Errno::ENOENT => continue,
+                    Err(e) => return Err(e),
+                };
+                if markers::is_whiteout(&st) {
+                    decided.insert(name, ());
+                } else {
+                    upper.push((name, ino, dtype_of(st.st_mode)));
+                }
+            }
+            for (name, real_ino, dtype) in upper {
+                // The number readdir reports must be stat's: copies keep
+                // their origin's number and merged directories their top
+                // lower's, which only a lookup tells.
+                let needs_lookup = state.impure
+                    || (dtype == libc::DT_DIR
+                        && listing.as_ref().is_some_and(|l| {
+                            l.first_hit(&name, 0)
+                                .is_some_and(|h| h.kind == EntryKind::Dir)
+                        }));
+                let ino = if needs_lookup {
+                    match self.peek_ino(&node, &name) {
+                        Ok(i) => i,
+                        Err(e) if e == Errno::ENOENT => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    self.inomap.map(self.layers.get(0).fsid, real_ino)
+                };
+                decided.insert(name.clone(), ());
+                out.push(DirEntry { name, ino, dtype });
+            }
+        }
+        if !opaque && let Some(listing) = listing {
+            for (name, hit) in listing.visible() {
+                if decided.contains_key(name) || markers::is_reserved_name(name) {
+                    continue;
+                }
+                let layer = state.lowers[hit.pos].layer();
+                let dtype = match hit.kind {
+                    EntryKind::Dir => libc::DT_DIR,
+                    EntryKind::Other(t) => t,
+                    EntryKind::Whiteout => continue,
+                };
+                let ino = self.inomap.map(self.layers.get(layer).fsid, hit.ino);
+                out.push(DirEntry {
+                    name: name.to_os_string(),
+                    ino,
+                    dtype,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

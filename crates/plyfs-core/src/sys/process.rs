@@ -1,0 +1,97 @@
+//! Process life cycle: daemonizing, signals, identities.
+
+use std::os::fd::AsRawFd;
+
+use super::check;
+use crate::error::Result;
+
+pub enum Fork {
+    Parent(i32),
+    Child,
+}
+
+/// Forks. Only sound while the process has a single thread, which is how
+/// the binary calls it: before the FUSE session starts any.
+pub fn fork() -> Result<Fork> {
+    // SAFETY: called single-threaded (see above), so the child cannot
+    // inherit a lock held by another thread.
+    let pid = check(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        Fork::Child
+    } else {
+        Fork::Parent(pid)
+    })
+}
+
+pub fn setsid() -> Result<()> {
+    // SAFETY: no arguments.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Points stdin, stdout and stderr at /dev/null (a daemon's terminal may go away).
+pub fn detach_stdio() -> Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which we own.
+        check(unsafe { libc::dup2(null.as_raw_fd(), target) })?;
+    }
+    Ok(())
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and in every thread it
+/// starts later, so that they can be taken synchronously with [`wait_signal`].
+pub fn block_termination_signals() -> Result<()> {
+    let set = termination_set();
+    // SAFETY: `set` is an initialised sigset.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        Err(crate::error::Errno::from_raw(r))
+    } else {
+        Ok(())
+    }
+}
+
+fn termination_set() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset only adds to it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), s);
+        }
+        set.assume_init()
+    }
+}
+
+/// Waits for one of the blocked termination signals; returns its number.
+pub fn wait_signal() -> i32 {
+    let set = termination_set();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: valid set and out pointer; sigwait only fails for bad sets.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
+}
+
+/// Sends a signal to a process.
+pub fn kill(pid: i32, sig: i32) -> Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::getpid() }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::getegid() }
+}

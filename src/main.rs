@@ -1,0 +1,110 @@
+//! plyfs: mounts a union of layer directories through FUSE, in the form
+//! fuse-overlayfs takes: `plyfs -o lowerdir=A:B,upperdir=U,workdir=W MNT`.
+//! The binary only parses, mounts and reports; the semantics live in
+//! plyfs-core and the FUSE translation in plyfs-fuse.
+
+mod daemon;
+mod demo;
+mod options;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "plyfs",
+    version,
+    about = "Union filesystem in userspace with the kernel overlayfs's semantics",
+    args_conflicts_with_subcommands = true,
+    override_usage = "plyfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       plyfs demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=,
+    /// allow_other, allow_root, default_permissions, ro, fsname=, subtype=,
+    /// userxattr, volatile, fsync=0, timeout=SECONDS, threads=N, debug,
+    /// and kernel flags (nodev, nosuid, noexec, noatime).
+    #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
+    options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Log every request (implies -f).
+    #[arg(short = 'd')]
+    debug: bool,
+    /// Where to mount the union.
+    mountpoint: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build a three-layer example image in a temporary directory, mount
+    /// it, show and change it, and unmount.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's first, without its "error: " prefix.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "plyfs: {} (see plyfs --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Demo) => {
+            init_logging(false);
+            demo::run()
+        }
+        None => mount(cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plyfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn mount(cli: Cli) -> Result<(), daemon::Failure> {
+    let mut req = options::parse(&cli.options).map_err(|e| daemon::Failure(e.to_string()))?;
+    let Some(mountpoint) = cli.mountpoint else {
+        return Err(daemon::Failure(
+            "no mount point given (see plyfs --help)".into(),
+        ));
+    };
+    req.debug |= cli.debug;
+    init_logging(req.debug);
+    let foreground = cli.foreground || req.debug;
+    daemon::run(req, &mountpoint, foreground)
+}
+
+/// `-d`/`-o debug` log every request; otherwise RUST_LOG decides, and
+/// warnings show by default.
+fn init_logging(debug: bool) {
+    let filter = if debug {
+        EnvFilter::new("debug")
+    } else {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"))
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

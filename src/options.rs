@@ -1,0 +1,285 @@
+//! The `-o` option string, in the form fuse-overlayfs takes it, so that
+//! scripts and container tools can call either program.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use plyfs_core::Config;
+use plyfs_fuse::{FuseOptions, MountSpec};
+
+/// Everything a mount command asks for.
+#[derive(Debug, Default)]
+pub struct MountRequest {
+    pub config: Config,
+    pub spec: MountSpec,
+    pub fuse: FuseOptions,
+    pub debug: bool,
+    /// Options accepted but not acted upon, to report.
+    pub ignored: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("malformed -o option string: {0}")]
+    Malformed(String),
+    #[error("option {0} needs a value ({0}=...)")]
+    MissingValue(String),
+    #[error("option {opt} has an invalid value {value:?}: {why}")]
+    BadValue {
+        opt: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error(
+        "no lowerdir= given: plyfs -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] MOUNTPOINT"
+    )]
+    NoLowerdir,
+}
+
+/// Splits one `-o` argument at commas, honouring `\,` and double quotes
+/// (`context="a,b"` stays one option). Backslashes before anything but a
+/// comma are kept: lowerdir uses `\:` itself.
+pub fn split_options(s: &str) -> Result<Vec<String>, OptionError> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(',') => cur.push(','),
+                Some(n) => {
+                    cur.push('\\');
+                    cur.push(n);
+                }
+                None => {
+                    return Err(OptionError::Malformed(format!(
+                        "{s:?} ends with a lone backslash"
+                    )));
+                }
+            },
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err(OptionError::Malformed(format!(
+            "unterminated quote in {s:?}"
+        )));
+    }
+    out.push(cur);
+    Ok(out.into_iter().filter(|o| !o.is_empty()).collect())
+}
+
+/// Splits lowerdir at `:`; `\:` is a colon inside a path.
+pub fn split_lowers(v: &str) -> Result<Vec<PathBuf>, OptionError> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => cur.push(n),
+                None => cur.push('\\'),
+            },
+            ':' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    if out.iter().any(String::is_empty) {
+        return Err(OptionError::BadValue {
+            opt: "lowerdir".into(),
+            value: v.into(),
+            why: "a layer path is empty",
+        });
+    }
+    Ok(out.into_iter().map(PathBuf::from).collect())
+}
+
+/// Kernel mount flags that pass straight through.
+const FLAGS: &[&str] = &[
+    "nodev", "dev", "nosuid", "suid", "noexec", "exec", "noatime", "atime", "sync", "async",
+    "dirsync",
+];
+
+pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
+    let mut r = MountRequest {
+        spec: MountSpec {
+            fsname: "plyfs".into(),
+            subtype: "plyfs".into(),
+            default_permissions: true,
+            ..MountSpec::default()
+        },
+        ..MountRequest::default()
+    };
+    let mut lowers = None;
+    for arg in args {
+        for opt in split_options(arg)? {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt.as_str(), None),
+            };
+            let need = || value.ok_or_else(|| OptionError::MissingValue(key.to_string()));
+            match key {
+                "lowerdir" => lowers = Some(split_lowers(need()?)?),
+                "upperdir" => r.config.upper = Some(path(key, need()?)?),
+                "workdir" => r.config.work = Some(path(key, need()?)?),
+                "fsname" => r.spec.fsname = need()?.to_string(),
+                "subtype" => r.spec.subtype = need()?.to_string(),
+                "allow_other" => r.spec.allow_other = true,
+                "allow_root" => r.spec.allow_root = true,
+                "default_permissions" => r.spec.default_permissions = true,
+                "ro" => {
+                    r.spec.read_only = true;
+                    r.config.read_only = true;
+                }
+                "rw" => {
+                    r.spec.read_only = false;
+                    r.config.read_only = false;
+                }
+                "debug" => r.debug = true,
+                "userxattr" => r.config.userxattr = true,
+                "volatile" => r.config.volatile = true,
+                "fsync" => match need()? {
+                    "0" => r.config.volatile = true,
+                    "1" => r.config.volatile = false,
+                    v => return Err(bad(key, v, "expected 0 or 1")),
+                },
+                "timeout" => {
+                    let v = need()?;
+                    let secs: f64 = v.parse().map_err(|_| bad(key, v, "expected seconds"))?;
+                    if !(0.0..=1e10).contains(&secs) {
+                        return Err(bad(key, v, "out of range"));
+                    }
+                    r.fuse.timeout = Duration::from_secs_f64(secs);
+                }
+                "threads" => {
+                    let v = need()?;
+                    let n: usize = v.parse().map_err(|_| bad(key, v, "expected a number"))?;
+                    if !(1..=256).contains(&n) {
+                        return Err(bad(key, v, "expected 1 to 256"));
+                    }
+                    r.fuse.threads = n;
+                }
+                k if value.is_none() && FLAGS.contains(&k) => r.spec.flags.push(k.to_string()),
+                "" => {
+                    return Err(OptionError::Malformed(format!(
+                        "option {opt:?} has no name"
+                    )));
+                }
+                _ => r.ignored.push(opt.clone()),
+            }
+        }
+    }
+    r.config.lowers = lowers.ok_or(OptionError::NoLowerdir)?;
+    Ok(r)
+}
+
+fn path(key: &str, v: &str) -> Result<PathBuf, OptionError> {
+    if v.is_empty() {
+        return Err(bad(key, v, "the path is empty"));
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn bad(key: &str, v: &str, why: &'static str) -> OptionError {
+    OptionError::BadValue {
+        opt: key.to_string(),
+        value: v.to_string(),
+        why,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<MountRequest, OptionError> {
+        parse(&[s.to_string()])
+    }
+
+    #[test]
+    fn fuse_overlayfs_form() {
+        let r = p("lowerdir=/a:/b\\:c:/d,upperdir=/u,workdir=/w,allow_other").unwrap();
+        assert_eq!(
+            r.config.lowers,
+            vec![
+                PathBuf::from("/a"),
+                PathBuf::from("/b:c"),
+                PathBuf::from("/d")
+            ]
+        );
+        assert_eq!(r.config.upper, Some(PathBuf::from("/u")));
+        assert_eq!(r.config.work, Some(PathBuf::from("/w")));
+        assert!(r.spec.allow_other && r.spec.default_permissions);
+        assert!(r.ignored.is_empty());
+    }
+
+    #[test]
+    fn unknown_options_are_kept_for_a_warning() {
+        let r = p("lowerdir=/a,context=\"system_u:object_r:container_file_t:s0:c1,c2\",uidmapping=0:1000:1").unwrap();
+        assert_eq!(
+            r.ignored,
+            vec![
+                "context=\"system_u:object_r:container_file_t:s0:c1,c2\"".to_string(),
+                "uidmapping=0:1000:1".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn several_o_arguments_and_escapes() {
+        let r = parse(&[
+            "lowerdir=/a\\,b".into(),
+            "ro,noatime,timeout=2.5,threads=3".into(),
+        ])
+        .unwrap();
+        assert_eq!(r.config.lowers, vec![PathBuf::from("/a,b")]);
+        assert!(r.config.read_only && r.spec.read_only);
+        assert_eq!(r.spec.flags, vec!["noatime".to_string()]);
+        assert_eq!(r.fuse.timeout, Duration::from_millis(2500));
+        assert_eq!(r.fuse.threads, 3);
+    }
+
+    #[test]
+    fn bad_strings() {
+        assert_eq!(p("upperdir=/u").unwrap_err(), OptionError::NoLowerdir);
+        assert!(matches!(
+            p("lowerdir=").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+        assert!(matches!(
+            p("lowerdir=/a::/b").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+        assert!(matches!(
+            p("lowerdir").unwrap_err(),
+            OptionError::MissingValue(_)
+        ));
+        assert!(matches!(
+            p("lowerdir=/a,context=\"x").unwrap_err(),
+            OptionError::Malformed(_)
+        ));
+        assert!(matches!(
+            p("lowerdir=/a,=x").unwrap_err(),
+            OptionError::Malformed(_)
+        ));
+        assert!(matches!(
+            p("lowerdir=/a,timeout=soon").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+        assert!(matches!(
+            p("lowerdir=/a,upperdir=").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+        assert!(matches!(
+            p("lowerdir=/a\\").unwrap_err(),
+            OptionError::Malformed(_)
+        ));
+    }
+}
