@@ -63,7 +63,6 @@ pub struct Overlay {
     pub(crate) layers: Layers,
     pub(crate) inodes: InodeTable,
     pub(crate) inomap: InoMap,
-    pub(crate) root: Arc<Node>,
     /// What the root reports as st_ino (FUSE knows it as [`ROOT_INO`]).
     root_st_ino: Ino,
 }
@@ -113,7 +112,7 @@ impl Overlay {
             None => (None, false),
         };
         let inodes = InodeTable::default();
-        let root = inodes.insert_root(Node::new(
+        inodes.insert_root(Node::new(
             ROOT_INO,
             0,
             libc::S_IFDIR,
@@ -136,7 +135,6 @@ impl Overlay {
             layers,
             inodes,
             inomap,
-            root,
             root_st_ino,
         })
     }

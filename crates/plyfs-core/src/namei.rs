@@ -245,7 +245,9 @@ impl Overlay {
 
         if let Some(udir) = pstate.upper_dir() {
             match fs::fstatat(udir.as_fd(), name) {
-                Ok(st) if markers::is_whiteout(&st) => return Ok(None),
+                Ok(st) if markers::is_whiteout(&st) || is_xwhiteout(udir.as_fd(), name, &st)? => {
+                    return Ok(None);
+                }
                 Ok(st) => {
                     found.kind = util::kind(st.st_mode);
                     found.upper_stat = Some(st);
@@ -376,8 +378,16 @@ impl Overlay {
                             return Ok(out);
                         }
                         EntryKind::Other(_) => {
+                            let st = fs::fstatat(pfd.as_fd(), &name)?;
+                            // The kernel's lookup takes any empty file with
+                            // overlay.whiteout for a whiteout, marked
+                            // directory or not.
+                            if is_xwhiteout(pfd.as_fd(), &name, &st)? {
+                                out.whited_out = !is_dir && out.nondir.is_none();
+                                return Ok(out);
+                            }
                             if !is_dir {
-                                out.first_stat = Some(fs::fstatat(pfd.as_fd(), &name)?);
+                                out.first_stat = Some(st);
                                 out.nondir = Some(Real::At {
                                     layer,
                                     dir: pfd.clone(),
@@ -483,7 +493,6 @@ impl Overlay {
     ) -> Result<Walk> {
         let bottom = l as usize == self.layers.all.len() - 1;
         let mut cur = self.layers.get(l).root.clone();
-        let mut cur_xwh = self.root_xwhiteouts(l);
         let mut stop_below = false;
         // The path as the layers below will see it, up to component i.
         let mut prefix: Vec<Vec<u8>> = Vec::with_capacity(comps.len());
@@ -507,7 +516,7 @@ impl Overlay {
             };
             if markers::is_whiteout(&st)
                 || exists(cur.as_fd(), &markers::oci_whiteout_name(&name))?
-                || (cur_xwh && is_xwhiteout(cur.as_fd(), &name, &st)?)
+                || is_xwhiteout(cur.as_fd(), &name, &st)?
             {
                 out.whited_out = !is_dir && out.nondir.is_none() && out.dirs.is_empty();
                 return Ok(Walk::Stop);
@@ -541,10 +550,8 @@ impl Overlay {
                 });
             }
             let next = Arc::new(fs::openat(cur.as_fd(), &name, DIR_FLAGS, 0)?);
-            cur_xwh = false;
             if !bottom {
                 let m = Markers::read(next.as_fd(), OsStr::new("."))?;
-                cur_xwh = m.xwhiteouts;
                 if m.opaque {
                     stop_below = true;
                 } else if let Some(raw) = &m.redirect {
@@ -558,16 +565,6 @@ impl Overlay {
             cur = next;
         }
         Ok(Walk::Missing)
-    }
-
-    /// Whether a lower layer's root directory holds xattr whiteouts.
-    fn root_xwhiteouts(&self, l: LayerIdx) -> bool {
-        self.root
-            .state
-            .read()
-            .lowers
-            .iter()
-            .any(|r| r.layer() == l && r.xwhiteouts())
     }
 
     /// An upper non-directory with `overlay.origin`: find the lower object

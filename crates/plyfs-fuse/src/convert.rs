@@ -35,10 +35,12 @@ pub fn dtype_file_type(dtype: u8) -> FileType {
     file_type(u32::from(dtype) << 12)
 }
 
-/// A stat as FUSE attributes; `ino` is the number FUSE knows the object by.
-pub fn attr(ino: u64, st: &Stat) -> FileAttr {
+/// A stat as FUSE attributes. Its `st_ino` is also the number FUSE knows
+/// the object by, except for the root, which FUSE calls 1 whatever it
+/// reports.
+pub fn attr(st: &Stat) -> FileAttr {
     FileAttr {
-        ino: INodeNo(ino),
+        ino: INodeNo(st.st_ino),
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
         atime: time(st.st_atime, st.st_atime_nsec),

@@ -81,11 +81,7 @@ impl PlyFs {
 
     fn reply_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
         match r {
-            Ok(e) => reply.entry(
-                &self.opts.timeout,
-                &attr(e.ino, &e.attr),
-                Generation(e.generation),
-            ),
+            Ok(e) => reply.entry(&self.opts.timeout, &attr(&e.attr), Generation(e.generation)),
             Err(e) if e == Errno::ENOENT => {
                 // Cache the miss in the kernel too: only plyfs changes the
                 // union, through the kernel, which keeps its cache right.
@@ -132,7 +128,7 @@ impl Filesystem for PlyFs {
             None => self.ov.getattr(ino.0),
         };
         match r {
-            Ok(st) => reply.attr(&self.opts.timeout, &attr(ino.0, &st)),
+            Ok(st) => reply.attr(&self.opts.timeout, &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -165,7 +161,7 @@ impl Filesystem for PlyFs {
         };
         let file = fh.and_then(|fh| self.file(fh).ok());
         match self.ov.setattr(ino.0, &set, file.as_deref()) {
-            Ok(st) => reply.attr(&self.opts.timeout, &attr(ino.0, &st)),
+            Ok(st) => reply.attr(&self.opts.timeout, &attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -417,7 +413,7 @@ impl Filesystem for PlyFs {
                 Ok(entry) => entry,
                 Err(_) => continue,
             };
-            let a = attr(entry.ino, &entry.attr);
+            let a = attr(&entry.attr);
             if reply.add(
                 INodeNo(entry.ino),
                 off,
@@ -528,7 +524,7 @@ impl Filesystem for PlyFs {
                 self.files.insert(fh, file);
                 reply.created(
                     &self.opts.timeout,
-                    &attr(entry.ino, &entry.attr),
+                    &attr(&entry.attr),
                     Generation(entry.generation),
                     FileHandle(fh),
                     FopenFlags::FOPEN_KEEP_CACHE,
@@ -624,11 +620,7 @@ impl PlyFs {
         match r {
             Ok(e) => {
                 debug!(ino = e.ino, "created");
-                reply.entry(
-                    &self.opts.timeout,
-                    &attr(e.ino, &e.attr),
-                    Generation(e.generation),
-                )
+                reply.entry(&self.opts.timeout, &attr(&e.attr), Generation(e.generation))
             }
             Err(e) => reply.error(errno(e)),
         }
