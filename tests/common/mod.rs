@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ops;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -196,8 +198,15 @@ impl PlyfsMount {
 
     pub fn try_new(opts: &str, mnt: &Path) -> Result<PlyfsMount, String> {
         std::fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
+        // PLYFS_TEST_DEBUG=1 logs every request of the test's mounts.
+        let debug = std::env::var_os("PLYFS_TEST_DEBUG").is_some();
         let mut child = Command::new(PLYFS)
-            .args(["-f", "-o", opts])
+            .args(if debug {
+                &["-d", "-o"][..]
+            } else {
+                &["-f", "-o"][..]
+            })
+            .arg(opts)
             .arg(mnt)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -254,7 +263,10 @@ impl PlyfsMount {
 
 impl Drop for PlyfsMount {
     fn drop(&mut self) {
-        self.take_down();
+        let err = self.take_down();
+        if std::env::var_os("PLYFS_TEST_DEBUG").is_some() {
+            eprintln!("--- plyfs log for {} ---\n{err}", self.mnt.display());
+        }
     }
 }
 

@@ -566,9 +566,15 @@ impl Overlay {
                 s.unlinked = n.is_dir() || (!s.indexed && self.real_nlink(&s) == 0);
             }
         }
-        for (p, nm) in [(&pold, name), (&pnew, newname)] {
+        for p in [&pold, &pnew] {
             p.bump_version();
-            p.forget_child(nm);
+        }
+        // The names now lead to the nodes that moved: later lookups find
+        // those very nodes, whatever a fresh resolution would make of them.
+        pold.forget_child(name);
+        pnew.set_child(newname, &old);
+        if exchange && let Some(n) = &new {
+            pold.set_child(name, n);
         }
         Ok(())
     }
@@ -742,7 +748,11 @@ impl Overlay {
         }
         let iname = self.index_name(node)?.ok_or(Errno::EIO)?;
         let index = self.layers.work.as_ref().ok_or(Errno::EROFS)?.index.clone();
-        fs::linkat(index.as_fd(), &iname, udir.as_fd(), name)
+        // One more upper name, no more union names: the count kept
+        // relative to the upper inode moves by one.
+        let union = self.union_nlink(node)?;
+        fs::linkat(index.as_fd(), &iname, udir.as_fd(), name)?;
+        self.persist_nlink(node, union)
     }
 
     /// The index entry name of an indexed node.
@@ -771,12 +781,25 @@ impl Overlay {
         if !node.state.read().indexed {
             return Ok(());
         }
-        let union_nlink = self.node_attr(node)?.st_nlink as i64;
+        let union = self.union_nlink(node)?;
+        self.persist_nlink(node, union)
+    }
+
+    /// Stores the union link count `union` relative to the upper inode's
+    /// current count, on the upper inode (the kernel's "U+n" form).
+    fn persist_nlink(&self, node: &Node, union: i64) -> Result<()> {
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
-        let diff = union_nlink - upper.stat()?.st_nlink as i64;
+        let diff = union - upper.stat()?.st_nlink as i64;
         let value = markers::format_nlink(NlinkBase::Upper, diff);
-        if let Some((dir, name)) = upper.at() {
-            set_marker(dir, name, self.layers.format.ns.name(Attr::Nlink), &value)?;
+        match upper.at() {
+            Some((dir, name)) => {
+                set_marker(dir, name, self.layers.format.ns.name(Attr::Nlink), &value)?
+            }
+            None => {
+                let path = format!("/proc/self/fd/{}", fs::raw(&upper_fd(&upper)?));
+                xattr::set_deref(path, self.layers.format.ns.name(Attr::Nlink), &value)
+                    .map_err(Errno::from)?
+            }
         }
         node.state.write().nlink = Some((NlinkBase::Upper, diff));
         Ok(())
@@ -842,6 +865,13 @@ impl Overlay {
 
     pub(crate) fn work_fd(&self) -> Result<Arc<OwnedFd>> {
         Ok(self.layers.work.as_ref().ok_or(Errno::EROFS)?.work.clone())
+    }
+}
+
+fn upper_fd(real: &Real) -> Result<BorrowedFd<'_>> {
+    match real {
+        Real::Pinned { fd, .. } => Ok(fd.as_fd()),
+        _ => Err(Errno::EIO),
     }
 }
 

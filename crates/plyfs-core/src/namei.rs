@@ -610,9 +610,17 @@ impl Overlay {
                 .filter(|(_, l)| l.uuid == Some(fh.uuid));
             let first = candidates.next();
             let ambiguous = candidates.any(|(_, l)| Some(l.dev) != first.map(|(_, f)| f.dev));
+            // open_by_handle_at wants a real (not O_PATH) descriptor on the
+            // filesystem.
             if let (Some((idx, layer)), false) = (first, ambiguous)
+                && let Ok(mount_fd) = fs::openat(
+                    layer.root.as_fd(),
+                    OsStr::new("."),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                    0,
+                )
                 && let Ok(fd) =
-                    handle::open_by_handle_at(layer.root.as_fd(), &fh.handle, libc::O_PATH)
+                    handle::open_by_handle_at(mount_fd.as_fd(), &fh.handle, libc::O_PATH)
             {
                 let st = fs::fstat(fd.as_fd())?;
                 origin = Some((
@@ -675,9 +683,12 @@ impl Overlay {
     /// records it; `None` when the filesystem cannot make one.
     pub(crate) fn origin_fh(&self, real: &Real) -> Result<Option<OriginFh>> {
         let layer = self.layers.get(real.layer());
-        let h = match real.at() {
-            Some((dir, name)) => handle::name_to_handle_at(dir, name),
-            None => return Ok(None),
+        let h = match (real.at(), real) {
+            (Some((dir, name)), _) => handle::name_to_handle_at(dir, name),
+            (None, Real::Pinned { fd, .. }) => {
+                handle::name_to_handle_at(fd.as_fd(), OsStr::new(""))
+            }
+            (None, _) => return Ok(None),
         };
         match h {
             Ok(handle) => Ok(Some(OriginFh {

@@ -630,6 +630,9 @@ impl PlyFs {
 fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
     match r {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => {
+            debug!("-> {e:?}");
+            reply.error(errno(e))
+        }
     }
 }

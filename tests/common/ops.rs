@@ -1,0 +1,432 @@
+//! Syscall sequences run the same way on two mounts, with their results
+//! compared: the differential machinery the write-path and conformance
+//! tests share.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use plyfs_core::SetTime;
+use plyfs_core::sys::fs as sys;
+
+use super::{Compare, KernelMount, PlyfsMount, Scratch, diff_trees, snapshot};
+
+/// One operation on a union, by paths relative to its root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Create(String, u32),
+    CreateTrunc(String),
+    Write(String, u64, Vec<u8>),
+    Append(String, Vec<u8>),
+    Truncate(String, u64),
+    Read(String),
+    Mkdir(String, u32),
+    Rmdir(String),
+    Unlink(String),
+    Rename(String, String, u32),
+    Link(String, String),
+    Symlink(String, String),
+    Mkfifo(String),
+    Chmod(String, u32),
+    Chown(String, u32, u32),
+    Utimens(String, i64, i64),
+    SetXattr(String, String, Vec<u8>, i32),
+    RemoveXattr(String, String),
+    GetXattr(String, String),
+    ListXattr(String),
+    Stat(String),
+    ReadDir(String),
+    Readlink(String),
+    /// Remembers the inode number of a path (in slot `usize`).
+    RememberIno(String, usize),
+    /// Whether a path still has the remembered inode number.
+    SameIno(String, usize),
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+pub type Outcome = Result<String, i32>;
+
+fn errno(e: plyfs_core::Errno) -> i32 {
+    e.raw()
+}
+
+fn ioerr(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Runs one operation under the union root `root` (a descriptor of it).
+pub fn apply(root: BorrowedFd<'_>, op: &Op, inos: &mut Vec<u64>) -> Outcome {
+    let o = |p: &str| OsStr::new(p).to_os_string();
+    let open =
+        |p: &str, flags: i32, mode: u32| sys::openat(root, &o(p), flags, mode).map_err(errno);
+    match op {
+        Op::Create(p, mode) => {
+            open(p, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, *mode).map(|_| "ok".into())
+        }
+        Op::CreateTrunc(p) => {
+            open(p, libc::O_CREAT | libc::O_TRUNC | libc::O_WRONLY, 0o644).map(|_| "ok".into())
+        }
+        Op::Write(p, off, data) => {
+            let fd = open(p, libc::O_WRONLY, 0)?;
+            sys::pwrite(fd.as_fd(), data, *off)
+                .map(|n| n.to_string())
+                .map_err(errno)
+        }
+        Op::Append(p, data) => {
+            let fd = open(p, libc::O_WRONLY | libc::O_APPEND, 0)?;
+            std::fs::File::from(fd)
+                .write_all(data)
+                .map(|_| "ok".into())
+                .map_err(ioerr)
+        }
+        Op::Truncate(p, len) => {
+            let fd = open(p, libc::O_WRONLY, 0)?;
+            sys::ftruncate(fd.as_fd(), *len)
+                .map(|_| "ok".into())
+                .map_err(errno)
+        }
+        Op::Read(p) => {
+            let fd = open(p, libc::O_RDONLY, 0)?;
+            let mut v = Vec::new();
+            std::fs::File::from(fd).read_to_end(&mut v).map_err(ioerr)?;
+            Ok(String::from_utf8_lossy(&v).into_owned())
+        }
+        Op::Mkdir(p, mode) => sys::mkdirat(root, &o(p), *mode)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Rmdir(p) => sys::unlinkat(root, &o(p), true)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Unlink(p) => sys::unlinkat(root, &o(p), false)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Rename(a, b, flags) => sys::renameat2(root, &o(a), root, &o(b), *flags)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Link(a, b) => sys::linkat(root, &o(a), root, &o(b))
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Symlink(t, p) => sys::symlinkat(&o(t), root, &o(p))
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Mkfifo(p) => sys::mknodat(root, &o(p), libc::S_IFIFO | 0o644, 0)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Chmod(p, mode) => sys::fchmodat(root, &o(p), *mode)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Chown(p, u, g) => sys::fchownat(root, &o(p), *u, *g)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::Utimens(p, a, m) => sys::utimensat(
+            root,
+            &o(p),
+            SetTime::At { sec: *a, nsec: 0 },
+            SetTime::At { sec: *m, nsec: 0 },
+        )
+        .map(|_| "ok".into())
+        .map_err(errno),
+        Op::SetXattr(p, n, v, flags) => plyfs_core::sys::xattr::set(root, &o(p), &o(n), v, *flags)
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::RemoveXattr(p, n) => plyfs_core::sys::xattr::remove(root, &o(p), &o(n))
+            .map(|_| "ok".into())
+            .map_err(errno),
+        Op::GetXattr(p, n) => plyfs_core::sys::xattr::get_vec(root, &o(p), &o(n))
+            .map_err(errno)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .ok_or(libc::ENODATA),
+        Op::ListXattr(p) => {
+            let l = plyfs_core::sys::xattr::list_vec(root, &o(p)).map_err(errno)?;
+            let mut names: Vec<String> = plyfs_core::sys::xattr::split_names(&l)
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            Ok(names.join(","))
+        }
+        Op::Stat(p) => {
+            let st = sys::fstatat(root, &o(p)).map_err(errno)?;
+            let kind = st.st_mode & libc::S_IFMT;
+            let size = if kind == libc::S_IFDIR { 0 } else { st.st_size };
+            Ok(format!(
+                "mode={:o} size={size} nlink={} uid={} gid={} rdev={}",
+                st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev
+            ))
+        }
+        Op::ReadDir(p) => {
+            let dir =
+                sys::openat(root, &o(p), libc::O_PATH | libc::O_DIRECTORY, 0).map_err(errno)?;
+            let mut names = sys::list_names(dir.as_fd()).map_err(errno)?;
+            names.sort();
+            Ok(names
+                .iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(","))
+        }
+        Op::Readlink(p) => sys::readlinkat(root, &o(p))
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .map_err(errno),
+        Op::RememberIno(p, slot) => {
+            let st = sys::fstatat(root, &o(p)).map_err(errno)?;
+            if inos.len() <= *slot {
+                inos.resize(slot + 1, 0);
+            }
+            inos[*slot] = st.st_ino;
+            Ok("remembered".into())
+        }
+        Op::SameIno(p, slot) => {
+            let st = sys::fstatat(root, &o(p)).map_err(errno)?;
+            Ok((inos.get(*slot) == Some(&st.st_ino)).to_string())
+        }
+    }
+}
+
+/// Copies a directory tree with everything (xattrs, hard links, devices).
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// Two copies of a stack of lowers, one mounted by the kernel, one by plyfs.
+pub struct Twin {
+    pub scratch: Scratch,
+    pub nlowers: usize,
+    kernel: Option<KernelMount>,
+    plyfs: Option<PlyfsMount>,
+    kroot: Option<OwnedFd>,
+    proot: Option<OwnedFd>,
+    kinos: Vec<u64>,
+    pinos: Vec<u64>,
+    pub log: Vec<String>,
+    /// Extra -o options for plyfs.
+    pub plyfs_opts: String,
+}
+
+/// Layer i (0 = top) of copy `side`.
+pub fn layer(s: &Scratch, side: &str, i: usize) -> PathBuf {
+    s.path(&format!("{side}/l{i}"))
+}
+
+impl Twin {
+    /// `build(dir, i)` fills lower i (0 = top) of a template; both sides
+    /// get copies of it.
+    pub fn new(nlowers: usize, build: impl Fn(&Path, usize)) -> Twin {
+        Self::with_opts(nlowers, "", build)
+    }
+
+    pub fn with_opts(nlowers: usize, plyfs_opts: &str, build: impl Fn(&Path, usize)) -> Twin {
+        let scratch = Scratch::new();
+        for i in 0..nlowers {
+            let t = scratch.path(&format!("template/l{i}"));
+            std::fs::create_dir_all(&t).unwrap();
+            build(&t, i);
+        }
+        for side in ["k", "p"] {
+            std::fs::create_dir_all(scratch.path(side)).unwrap();
+            for i in 0..nlowers {
+                copy_tree(
+                    &scratch.path(&format!("template/l{i}")),
+                    &layer(&scratch, side, i),
+                );
+            }
+            for d in ["upper", "work"] {
+                std::fs::create_dir_all(scratch.path(&format!("{side}/{d}"))).unwrap();
+            }
+        }
+        let mut t = Twin {
+            scratch,
+            nlowers,
+            kernel: None,
+            plyfs: None,
+            kroot: None,
+            proot: None,
+            kinos: Vec::new(),
+            pinos: Vec::new(),
+            log: Vec::new(),
+            plyfs_opts: plyfs_opts.to_string(),
+        };
+        t.mount();
+        t
+    }
+
+    fn opts(&self, side: &str) -> String {
+        let lowers: Vec<String> = (0..self.nlowers)
+            .map(|i| layer(&self.scratch, side, i).display().to_string())
+            .collect();
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            self.scratch.path(&format!("{side}/upper")).display(),
+            self.scratch.path(&format!("{side}/work")).display()
+        )
+    }
+
+    pub fn mount(&mut self) {
+        let k = KernelMount::new(
+            &format!("{},redirect_dir=on,index=on", self.opts("k")),
+            &self.scratch.path("kmnt"),
+        );
+        let mut popts = self.opts("p");
+        if !self.plyfs_opts.is_empty() {
+            popts = format!("{popts},{}", self.plyfs_opts);
+        }
+        let p = PlyfsMount::new(&popts, &self.scratch.path("pmnt"));
+        self.kroot = Some(sys::open_path(&k.mnt, libc::O_PATH | libc::O_DIRECTORY).unwrap());
+        self.proot = Some(sys::open_path(&p.mnt, libc::O_PATH | libc::O_DIRECTORY).unwrap());
+        self.kernel = Some(k);
+        self.plyfs = Some(p);
+    }
+
+    pub fn unmount(&mut self) {
+        self.kroot = None;
+        self.proot = None;
+        self.kernel = None;
+        if let Some(p) = self.plyfs.take() {
+            let err = p.unmount();
+            assert!(!err.contains("panicked"), "plyfs panicked:\n{err}");
+        }
+    }
+
+    pub fn kmnt(&self) -> PathBuf {
+        self.scratch.path("kmnt")
+    }
+
+    pub fn pmnt(&self) -> PathBuf {
+        self.scratch.path("pmnt")
+    }
+
+    /// Runs `op` on both and returns both outcomes.
+    pub fn both(&mut self, op: &Op) -> (Outcome, Outcome) {
+        let k = apply(self.kroot.as_ref().unwrap().as_fd(), op, &mut self.kinos);
+        let p = apply(self.proot.as_ref().unwrap().as_fd(), op, &mut self.pinos);
+        self.log.push(format!("{op}  => kernel {k:?}, plyfs {p:?}"));
+        (k, p)
+    }
+
+    /// Runs `op` on plyfs only (for deliberate differences).
+    pub fn plyfs_only(&mut self, op: &Op) -> Outcome {
+        apply(self.proot.as_ref().unwrap().as_fd(), op, &mut self.pinos)
+    }
+
+    /// Runs `op` on both and asserts the same outcome; returns it.
+    pub fn outcome(&mut self, op: Op) -> Outcome {
+        let (k, p) = self.both(&op);
+        assert_eq!(
+            k,
+            p,
+            "different outcomes for {op}\nsequence so far:\n{}",
+            self.log.join("\n")
+        );
+        k
+    }
+
+    pub fn run(&mut self, op: Op) {
+        let _ = self.outcome(op);
+    }
+
+    pub fn run_all(&mut self, ops: &[Op]) {
+        for op in ops {
+            self.run(op.clone());
+        }
+    }
+
+    /// The merged trees now, compared (without inode numbers and times).
+    pub fn tree_diff(&self) -> Vec<String> {
+        diff_trees(
+            &snapshot(&self.kmnt()),
+            &snapshot(&self.pmnt()),
+            Compare::default(),
+        )
+    }
+
+    pub fn assert_same_tree(&self) {
+        let d = self.tree_diff();
+        assert!(
+            d.is_empty(),
+            "trees differ:\n{}\nsequence:\n{}",
+            d.join("\n"),
+            self.log.join("\n")
+        );
+    }
+
+    /// Unmounts both, then mounts the kernel over plyfs's upper and work
+    /// directory (its index included) with the same lowers: it must show
+    /// the tree plyfs showed. Remounts both after.
+    pub fn assert_kernel_reads_plyfs_upper(&mut self) {
+        let before = snapshot(&self.pmnt());
+        self.unmount();
+        for (p, names) in walk_xattrs(&self.scratch.path("p/upper")) {
+            assert!(
+                names.iter().all(|n| !n.contains("plyfs")),
+                "plyfs-private xattrs on {}: {names:?}",
+                p.display()
+            );
+        }
+        {
+            let opts = format!("{},redirect_dir=on,index=on", self.opts("p"));
+            let k = KernelMount::new(&opts, &self.scratch.path("kcheck"));
+            let after = snapshot(&k.mnt);
+            let d = diff_trees(&before, &after, Compare::default());
+            assert!(
+                d.is_empty(),
+                "the kernel reads plyfs's upper differently:\n{}\nsequence:\n{}",
+                d.join("\n"),
+                self.log.join("\n")
+            );
+        }
+        self.mount();
+    }
+
+    /// Checks the inode number of `path` is stable in plyfs across
+    /// an unmount and a remount.
+    pub fn plyfs_ino(&self, path: &str) -> u64 {
+        std::fs::symlink_metadata(self.pmnt().join(path))
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Twin {
+    fn drop(&mut self) {
+        self.kroot = None;
+        self.proot = None;
+        self.kernel = None;
+        self.plyfs = None;
+    }
+}
+
+/// Every path under `root` with its xattr names.
+pub fn walk_xattrs(root: &Path) -> Vec<(PathBuf, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let names: Vec<String> = xattr::list(&p)
+            .map(|l| l.map(|n| n.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        out.push((p.clone(), names));
+        if std::fs::symlink_metadata(&p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
