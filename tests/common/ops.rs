@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use plyfs_core::SetTime;
 use plyfs_core::sys::fs as sys;
@@ -191,17 +190,6 @@ pub fn apply(root: BorrowedFd<'_>, op: &Op, inos: &mut Vec<u64>) -> Outcome {
     }
 }
 
-/// Copies a directory tree with everything (xattrs, hard links, devices).
-pub fn copy_tree(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
-}
-
 /// Two copies of a stack of lowers, one mounted by the kernel, one by plyfs.
 pub struct Twin {
     pub scratch: Scratch,
@@ -223,26 +211,19 @@ pub fn layer(s: &Scratch, side: &str, i: usize) -> PathBuf {
 }
 
 impl Twin {
-    /// `build(dir, i)` fills lower i (0 = top) of a template; both sides
-    /// get copies of it.
+    /// `build(dir, i)` fills lower i (0 = top); it runs once per side
+    /// (cp -a cannot copy trees deeper than PATH_MAX).
     pub fn new(nlowers: usize, build: impl Fn(&Path, usize)) -> Twin {
         Self::with_opts(nlowers, "", build)
     }
 
     pub fn with_opts(nlowers: usize, plyfs_opts: &str, build: impl Fn(&Path, usize)) -> Twin {
         let scratch = Scratch::new();
-        for i in 0..nlowers {
-            let t = scratch.path(&format!("template/l{i}"));
-            std::fs::create_dir_all(&t).unwrap();
-            build(&t, i);
-        }
         for side in ["k", "p"] {
-            std::fs::create_dir_all(scratch.path(side)).unwrap();
             for i in 0..nlowers {
-                copy_tree(
-                    &scratch.path(&format!("template/l{i}")),
-                    &layer(&scratch, side, i),
-                );
+                let l = layer(&scratch, side, i);
+                std::fs::create_dir_all(&l).unwrap();
+                build(&l, i);
             }
             for d in ["upper", "work"] {
                 std::fs::create_dir_all(scratch.path(&format!("{side}/{d}"))).unwrap();
