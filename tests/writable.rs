@@ -47,6 +47,12 @@ fn base(dir: &Path, i: usize) {
                 .hardlink("hard1", "hard2")
                 .hardlink("hard1", "d/hard3");
             l.dir("locked").file("locked/f", "in locked dir");
+            // A file capability (v2: cap_net_raw in the permitted set).
+            let caps = [
+                0x01, 0, 0, 0x02, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ];
+            l.file_mode("capped", "#!cap", 0o755)
+                .xattr("capped", "security.capability", &caps);
         }
     }
 }
@@ -84,6 +90,12 @@ fn copy_up_on_every_kind_of_change() {
         Chmod(s("m/sub"), 0o700),
         Stat(s("m/sub")),
         ReadDir(s("m/sub")),
+        // File capabilities survive a copy-up by chmod, and go on write.
+        Chmod(s("capped"), 0o750),
+        ListXattr(s("capped")),
+        GetXattr(s("capped"), s("security.capability")),
+        Append(s("capped"), b("\n")),
+        ListXattr(s("capped")),
     ]);
     for (i, f) in files.iter().enumerate() {
         assert_eq!(
@@ -358,6 +370,33 @@ fn modes_never_block_internal_operations() {
         ReadDir(s("locked2")),
         Stat(s("locked2")),
     ]);
+    t.assert_same_tree();
+    t.assert_kernel_reads_plyfs_upper();
+}
+
+#[test]
+fn renaming_a_large_lower_directory_copies_no_data() {
+    let Some(mut t) = require_mount_privileges().then(|| {
+        Twin::new(1, |dir, _| {
+            let l = LayerBuilder::new(dir);
+            for i in 0..10_000 {
+                l.file(&format!("big/f{i:05}"), "some data");
+            }
+        })
+    }) else {
+        return;
+    };
+    let start = std::time::Instant::now();
+    t.run_all(&[
+        Rename(s("big"), s("moved"), 0),
+        Stat(s("moved/f09999")),
+        Read(s("moved/f00000")),
+    ]);
+    let took = start.elapsed();
+    let upper = t.scratch.path("p/upper/moved");
+    let copied = std::fs::read_dir(&upper).unwrap().count();
+    assert_eq!(copied, 0, "the rename copied {copied} entries up");
+    assert!(took.as_secs() < 10, "rename took {took:?}");
     t.assert_same_tree();
     t.assert_kernel_reads_plyfs_upper();
 }

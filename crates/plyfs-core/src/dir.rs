@@ -841,7 +841,7 @@ impl Overlay {
     fn real_nlink(&self, s: &crate::inode::NodeState) -> u64 {
         s.real()
             .and_then(|r| r.stat().ok())
-            .map_or(0, |st| st.st_nlink as u64)
+            .map_or(0, |st| st.st_nlink)
     }
 
     /// Keeps `node` reachable if its upper is known only by `name` in

@@ -48,10 +48,10 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
                     && fs::fstatat(cur.as_fd(), e.name)
                         .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR));
             if !is_dir {
-                if let Err(x) = fs::unlinkat(cur.as_fd(), e.name, false) {
-                    if x != Errno::ENOENT {
-                        err = Some(x);
-                    }
+                if let Err(x) = fs::unlinkat(cur.as_fd(), e.name, false)
+                    && x != Errno::ENOENT
+                {
+                    err = Some(x);
                 }
             } else {
                 match fs::unlinkat(cur.as_fd(), e.name, true) {

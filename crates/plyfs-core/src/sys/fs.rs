@@ -410,7 +410,7 @@ pub fn fs_magic(fd: BorrowedFd<'_>) -> Result<i64> {
     // SAFETY: valid fd and out pointer.
     check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: filled by the successful call.
-    Ok(unsafe { st.assume_init() }.f_type as i64)
+    Ok(unsafe { st.assume_init() }.f_type)
 }
 
 /// One entry of a directory as getdents64 reports it.
