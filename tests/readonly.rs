@@ -374,7 +374,7 @@ fn daemon_pid(mnt: &Path) -> Option<u32> {
             .split(|&b| b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.first().is_some_and(|a| a.ends_with("plyfs")) && args.iter().any(|a| *a == want) {
+        if args.first().is_some_and(|a| a.ends_with("plyfs")) && args.contains(&want) {
             return Some(pid);
         }
     }
