@@ -111,6 +111,7 @@ fn merged_view_matches_kernel_overlayfs() {
         Compare {
             ino: true,
             mtime: true,
+            dir_nlink: true,
         },
     );
     check_d_ino(&ply.mnt);
@@ -133,6 +134,7 @@ fn merged_view_matches_kernel_overlayfs() {
         Compare {
             ino: true,
             mtime: true,
+            dir_nlink: true,
         },
     );
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
@@ -142,6 +144,7 @@ fn merged_view_matches_kernel_overlayfs() {
         Compare {
             ino: true,
             mtime: true,
+            dir_nlink: true,
         },
     );
 }
@@ -180,6 +183,7 @@ fn user_xattr_format_matches_kernel_userxattr() {
         Compare {
             ino: true,
             mtime: true,
+            dir_nlink: true,
         },
     );
     assert!(p.objs.contains_key(Path::new("op/new")) && !p.objs.contains_key(Path::new("d/a")));

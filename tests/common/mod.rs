@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod ops;
+pub mod random;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -414,11 +415,23 @@ pub fn link_groups(t: &Tree) -> BTreeSet<Vec<PathBuf>> {
 }
 
 /// What to compare besides the always-compared fields.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Compare {
     /// Raw inode numbers (only meaningful over the very same layers).
     pub ino: bool,
     pub mtime: bool,
+    /// Link counts of directories.
+    pub dir_nlink: bool,
+}
+
+impl Default for Compare {
+    fn default() -> Self {
+        Compare {
+            ino: false,
+            mtime: false,
+            dir_nlink: true,
+        }
+    }
 }
 
 /// Differences between two merged trees, as readable lines.
@@ -437,6 +450,10 @@ pub fn diff_trees(a: &Tree, b: &Tree, how: Compare) -> Vec<String> {
                 if !how.mtime {
                     x.mtime = (0, 0);
                     y.mtime = (0, 0);
+                }
+                if !how.dir_nlink && x.kind == "dir" {
+                    x.nlink = 0;
+                    y.nlink = 0;
                 }
                 if x != y {
                     out.push(format!(

@@ -65,8 +65,10 @@ fn ioerr(e: std::io::Error) -> i32 {
 /// Runs one operation under the union root `root` (a descriptor of it).
 pub fn apply(root: BorrowedFd<'_>, op: &Op, inos: &mut Vec<u64>) -> Outcome {
     let o = |p: &str| OsStr::new(p).to_os_string();
-    let open =
-        |p: &str, flags: i32, mode: u32| sys::openat(root, &o(p), flags, mode).map_err(errno);
+    // Non-blocking, so that opening a FIFO does not wait for a partner.
+    let open = |p: &str, flags: i32, mode: u32| {
+        sys::openat(root, &o(p), flags | libc::O_NONBLOCK, mode).map_err(errno)
+    };
     match op {
         Op::Create(p, mode) => {
             open(p, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, *mode).map(|_| "ok".into())
@@ -203,6 +205,8 @@ pub struct Twin {
     pub log: Vec<String>,
     /// Extra -o options for plyfs.
     pub plyfs_opts: String,
+    /// Options of the kernel's mounts (besides the layers).
+    pub kernel_opts: String,
 }
 
 /// Layer i (0 = top) of copy `side`.
@@ -218,6 +222,17 @@ impl Twin {
     }
 
     pub fn with_opts(nlowers: usize, plyfs_opts: &str, build: impl Fn(&Path, usize)) -> Twin {
+        Self::configured(nlowers, plyfs_opts, false, build)
+    }
+
+    /// `user_ns`: layers use user.overlay.* markers, so the kernel mounts
+    /// in userxattr mode (where it cannot make redirects).
+    pub fn configured(
+        nlowers: usize,
+        plyfs_opts: &str,
+        user_ns: bool,
+        build: impl Fn(&Path, usize),
+    ) -> Twin {
         let scratch = Scratch::new();
         for side in ["k", "p"] {
             for i in 0..nlowers {
@@ -240,6 +255,12 @@ impl Twin {
             pinos: Vec::new(),
             log: Vec::new(),
             plyfs_opts: plyfs_opts.to_string(),
+            kernel_opts: if user_ns {
+                "userxattr,index=on"
+            } else {
+                "redirect_dir=on,index=on"
+            }
+            .to_string(),
         };
         t.mount();
         t
@@ -259,7 +280,7 @@ impl Twin {
 
     pub fn mount(&mut self) {
         let k = KernelMount::new(
-            &format!("{},redirect_dir=on,index=on", self.opts("k")),
+            &format!("{},{}", self.opts("k"), self.kernel_opts),
             &self.scratch.path("kmnt"),
         );
         let mut popts = self.opts("p");
@@ -328,11 +349,11 @@ impl Twin {
 
     /// The merged trees now, compared (without inode numbers and times).
     pub fn tree_diff(&self) -> Vec<String> {
-        diff_trees(
-            &snapshot(&self.kmnt()),
-            &snapshot(&self.pmnt()),
-            Compare::default(),
-        )
+        self.tree_diff_with(Compare::default())
+    }
+
+    pub fn tree_diff_with(&self, how: Compare) -> Vec<String> {
+        diff_trees(&snapshot(&self.kmnt()), &snapshot(&self.pmnt()), how)
     }
 
     pub fn assert_same_tree(&self) {
@@ -349,28 +370,95 @@ impl Twin {
     /// directory (its index included) with the same lowers: it must show
     /// the tree plyfs showed. Remounts both after.
     pub fn assert_kernel_reads_plyfs_upper(&mut self) {
+        if let Err(e) = self.check_kernel_reads_plyfs_upper() {
+            panic!("{e}\nsequence:\n{}", self.log.join("\n"));
+        }
+    }
+
+    pub fn check_kernel_reads_plyfs_upper(&mut self) -> Result<(), String> {
         let before = snapshot(&self.pmnt());
         self.unmount();
         for (p, names) in walk_xattrs(&self.scratch.path("p/upper")) {
-            assert!(
-                names.iter().all(|n| !n.contains("plyfs")),
-                "plyfs-private xattrs on {}: {names:?}",
-                p.display()
-            );
+            if names.iter().any(|n| n.contains("plyfs")) {
+                self.mount();
+                return Err(format!(
+                    "plyfs-private xattrs on {}: {names:?}",
+                    p.display()
+                ));
+            }
         }
-        {
-            let opts = format!("{},redirect_dir=on,index=on", self.opts("p"));
+        let d = {
+            let opts = format!("{},{}", self.opts("p"), self.kernel_opts);
             let k = KernelMount::new(&opts, &self.scratch.path("kcheck"));
-            let after = snapshot(&k.mnt);
-            let d = diff_trees(&before, &after, Compare::default());
-            assert!(
-                d.is_empty(),
-                "the kernel reads plyfs's upper differently:\n{}\nsequence:\n{}",
-                d.join("\n"),
-                self.log.join("\n")
-            );
-        }
+            diff_trees(&before, &snapshot(&k.mnt), Compare::default())
+        };
         self.mount();
+        if d.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the kernel reads plyfs's upper differently:\n{}",
+                d.join("\n")
+            ))
+        }
+    }
+
+    /// The other way round: plyfs mounted over the kernel's upper and work
+    /// directory (redirects, origins and index as the kernel wrote them)
+    /// shows the kernel's tree.
+    pub fn check_plyfs_reads_kernel_upper(&mut self) -> Result<(), String> {
+        let before = snapshot(&self.kmnt());
+        self.unmount();
+        let d = {
+            let mut opts = self.opts("k");
+            if !self.plyfs_opts.is_empty() {
+                opts = format!("{opts},{}", self.plyfs_opts);
+            }
+            let p = PlyfsMount::new(&opts, &self.scratch.path("pcheck"));
+            diff_trees(&before, &snapshot(&p.mnt), Compare::default())
+        };
+        self.mount();
+        if d.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "plyfs reads the kernel's upper differently:\n{}",
+                d.join("\n")
+            ))
+        }
+    }
+
+    /// Moves a directory on the kernel's mount the way mv(1) does when
+    /// rename(2) says EXDEV: copy, then delete.
+    pub fn emulate_move_on_kernel(&mut self, op: &Op) {
+        let Op::Rename(a, b, flags) = op else { return };
+        let m = self.kmnt();
+        let sh = |script: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", script])
+                .status()
+                .unwrap();
+            assert!(
+                st.success(),
+                "emulating {op} on the kernel's mount: {script}"
+            );
+        };
+        let (pa, pb) = (m.join(a), m.join(b));
+        let (qa, qb) = (pa.display(), pb.display());
+        if *flags & libc::RENAME_EXCHANGE != 0 {
+            let tmp = m.join(".xchg");
+            let qt = tmp.display();
+            sh(&format!(
+                "cp -a '{qa}' '{qt}' && rm -rf '{qa}' && cp -a '{qb}' '{qa}' && rm -rf '{qb}' && cp -a '{qt}' '{qb}' && rm -rf '{qt}'"
+            ));
+        } else {
+            sh(&format!(
+                "(rmdir '{qb}' 2>/dev/null || rm -f '{qb}'; true) && cp -a '{qa}' '{qb}' && rm -rf '{qa}'"
+            ));
+        }
+        self.log.push(format!(
+            "  (emulated {op} on the kernel's mount by copy and delete)"
+        ));
     }
 
     /// Checks the inode number of `path` is stable in plyfs across

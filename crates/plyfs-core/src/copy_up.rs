@@ -198,6 +198,10 @@ impl Overlay {
         s.nlink = nlink.and_then(markers::parse_nlink);
         drop(s);
         parent.bump_version();
+        // A copied directory is merged now (link count 1), a copied file
+        // reports its copy's times and blocks: what the kernel cached of
+        // this inode is stale.
+        self.attr_changed(node.ino);
         Ok(())
     }
 

@@ -501,8 +501,12 @@ impl Overlay {
         if exchange {
             rflags = fs::RENAME_EXCHANGE;
         } else {
+            // An upper directory at the target is empty in the union but
+            // may hold whiteouts: make it really empty first.
+            if slot == UpperSlot::Dir {
+                self.clear_empty_dir(work.as_fd(), new_udir.as_fd(), newname)?;
+            }
             match slot {
-                UpperSlot::Dir => self.clear_empty_dir(work.as_fd(), new_udir.as_fd(), newname)?,
                 UpperSlot::Whiteout if old_lower => rflags = fs::RENAME_EXCHANGE,
                 UpperSlot::Whiteout if old.is_dir() => {
                     rflags = fs::RENAME_EXCHANGE;

@@ -57,7 +57,6 @@ impl Caller {
 }
 
 /// A mounted union of layers.
-#[derive(Debug)]
 pub struct Overlay {
     pub(crate) config: Config,
     pub(crate) layers: Layers,
@@ -65,7 +64,23 @@ pub struct Overlay {
     pub(crate) inomap: InoMap,
     /// What the root reports as st_ino (FUSE knows it as [`ROOT_INO`]).
     root_st_ino: Ino,
+    /// Told when plyfs changes attributes behind the kernel's back.
+    invalidator: std::sync::OnceLock<Invalidator>,
 }
+
+impl std::fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overlay")
+            .field("layers", &self.layers)
+            .field("inodes", &self.inodes.len())
+            .finish()
+    }
+}
+
+/// Called with an inode whose attributes changed as a side effect (a
+/// directory copied up becomes merged, say), so that a cache of them can
+/// be dropped. Runs on the request thread, before the reply.
+pub type Invalidator = Box<dyn Fn(Ino) + Send + Sync>;
 
 impl Overlay {
     /// Opens the layers of `config`, checks them, prepares the work
@@ -136,7 +151,19 @@ impl Overlay {
             inodes,
             inomap,
             root_st_ino,
+            invalidator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the hook told about attribute changes plyfs makes on its own.
+    pub fn set_invalidator(&self, f: Invalidator) {
+        let _ = self.invalidator.set(f);
+    }
+
+    pub(crate) fn attr_changed(&self, ino: Ino) {
+        if let Some(f) = self.invalidator.get() {
+            f(ino);
+        }
     }
 
     pub fn config(&self) -> &Config {

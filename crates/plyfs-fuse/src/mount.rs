@@ -4,7 +4,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use fuser::{Config, INodeNo, MountOption, Session, SessionACL, SessionUnmounter};
 use plyfs_core::Overlay;
 
 use crate::{FuseOptions, PlyFs};
@@ -95,6 +95,13 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(PlyFs::new(ov, opts), mountpoint, &config)?;
+    let session = Session::new(PlyFs::new(ov.clone(), opts), mountpoint, &config)?;
+    let notifier = session.notifier();
+    ov.set_invalidator(Box::new(move |ino| {
+        // Attributes only (a negative offset keeps the page cache).
+        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+            tracing::debug!("attribute invalidation of {ino} failed: {e}");
+        }
+    }));
     Ok(Mounted { session })
 }
