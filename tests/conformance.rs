@@ -146,3 +146,75 @@ fn regression_parent_copy_up_invalidates_cached_attributes() {
         ],
     );
 }
+
+/// Found by the soak: a change to a hard-linked lower file copied it up at
+/// the name it was last looked up by (and that name's directory with it)
+/// rather than the name used. Its copy now lives in the index only.
+#[test]
+fn regression_hard_link_copy_up_goes_to_the_index_only() {
+    replay(
+        Stack {
+            user_ns: false,
+            lowers: vec![
+                vec![
+                    (s("a"), Dir { mode: 0o555 }),
+                    (s("a/x"), Hardlink { to: 3 }),
+                    (s("c"), Dir { mode: 0o700 }),
+                    (
+                        s("d"),
+                        File {
+                            content: 0,
+                            mode: 0o600,
+                            xattr: false,
+                        },
+                    ),
+                ],
+                vec![
+                    (s("b"), SymlinkTo { target: 1 }),
+                    (s("d"), Dir { mode: 0o555 }),
+                ],
+            ],
+            upper: vec![],
+        },
+        &[
+            ReadDir(s(".")),
+            GetXattr(s("a/x"), s("user.k")),
+            Utimens(s("d"), 1000000, 2000000),
+            Stat(s("a")),
+        ],
+    );
+}
+
+/// Found by the tester: in userxattr mode a symlink cannot carry
+/// user.overlay.origin, which failed its copy-up with EPERM.
+#[test]
+fn regression_symlink_copy_up_in_user_namespace() {
+    replay(
+        Stack {
+            user_ns: true,
+            lowers: vec![
+                vec![
+                    (s("c"), OpaqueDir),
+                    (
+                        s("c/x"),
+                        File {
+                            content: 0,
+                            mode: 0o644,
+                            xattr: false,
+                        },
+                    ),
+                ],
+                vec![
+                    (s("a"), Dir { mode: 0o700 }),
+                    (s("a/x"), SymlinkTo { target: 2 }),
+                ],
+            ],
+            upper: vec![],
+        },
+        &[
+            Rename(s("a/x"), s("b"), 0),
+            Readlink(s("b")),
+            Stat(s("a/x")),
+        ],
+    );
+}

@@ -400,3 +400,47 @@ fn renaming_a_large_lower_directory_copies_no_data() {
     t.assert_same_tree();
     t.assert_kernel_reads_plyfs_upper();
 }
+
+#[test]
+fn special_files_and_their_other_names() {
+    let Some(mut t) = twin() else { return };
+    t.run_all(&[
+        Mkfifo(s("p")),
+        Link(s("p"), s("p2")),
+        // The first name goes; the object is changed through the second.
+        Unlink(s("p")),
+        Utimens(s("p2"), 5, 6),
+        Chmod(s("p2"), 0o600),
+        Chown(s("p2"), 42, 43),
+        Stat(s("p2")),
+        SetXattr(s("p2"), s("user.x"), b("1"), 0),
+        Mkfifo(s("d/q")),
+        Rename(s("d/q"), s("q"), 0),
+        Stat(s("q")),
+    ]);
+    // Devices and sockets, made with mknod.
+    for m in [t.kmnt(), t.pmnt()] {
+        common::mknod(&m.join("chr"), libc::S_IFCHR | 0o600, libc::makedev(1, 3));
+        common::mknod(&m.join("blk"), libc::S_IFBLK | 0o600, libc::makedev(7, 0));
+        common::mknod(&m.join("sock"), libc::S_IFSOCK | 0o600, 0);
+    }
+    // A 0/0 character device would be a whiteout: refused.
+    for m in [t.kmnt(), t.pmnt()] {
+        let parent = plyfs_core::sys::fs::open_path(&m, libc::O_PATH).unwrap();
+        let r = plyfs_core::sys::fs::mknodat(
+            std::os::fd::AsFd::as_fd(&parent),
+            std::ffi::OsStr::new("wh"),
+            libc::S_IFCHR,
+            0,
+        );
+        assert_eq!(r.map_err(|e| e.raw()), Err(libc::EPERM), "{}", m.display());
+    }
+    t.run_all(&[
+        Stat(s("chr")),
+        Stat(s("blk")),
+        Stat(s("sock")),
+        Chmod(s("chr"), 0o640),
+    ]);
+    t.assert_same_tree();
+    t.assert_kernel_reads_plyfs_upper();
+}

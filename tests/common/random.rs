@@ -30,7 +30,7 @@ pub enum Spec {
     OpaqueDir,
     /// A directory marked `overlay.opaque=x`, holding xattr whiteouts.
     XDir,
-    Symlink {
+    SymlinkTo {
         target: u8,
     },
     Whiteout,
@@ -59,7 +59,7 @@ fn leaf(in_dir: bool) -> impl Strategy<Value = Spec> {
     prop_oneof![
         6 => (0u8..4, prop::sample::select(vec![0o644u32, 0o600, 0o755, 0o444]), any::<bool>())
             .prop_map(|(content, mode, xattr)| Spec::File { content, mode, xattr }),
-        2 => (0u8..4).prop_map(|target| Spec::Symlink { target }),
+        2 => (0u8..4).prop_map(|target| Spec::SymlinkTo { target }),
         3 => Just(Spec::Whiteout),
         1 => Just(Spec::Fifo),
         2 => (0usize..4).prop_map(|to| Spec::Hardlink { to }),
@@ -219,7 +219,7 @@ pub fn materialize(dir: &Path, layer: &[(String, Spec)], user_ns: bool) {
                     _ => {}
                 }
             }
-            Spec::Symlink { target } => {
+            Spec::SymlinkTo { target } => {
                 l.symlink(path, TARGETS[*target as usize % TARGETS.len()]);
             }
             Spec::Whiteout => {

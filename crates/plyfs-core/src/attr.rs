@@ -103,10 +103,7 @@ impl Overlay {
             }
             match upper.at() {
                 Some((d, n)) => fs::fchmodat(d, n, mode & 0o7777)?,
-                None => {
-                    let fd = upper.open(libc::O_RDONLY)?;
-                    fs::fchmod(fd.as_fd(), mode & 0o7777)?
-                }
+                None => with_pinned(&upper, |fd| fs::chmod_fd(fd, mode & 0o7777))?,
             }
         }
         if let Some(size) = set.size {
@@ -116,8 +113,10 @@ impl Overlay {
                     if node.kind != libc::S_IFREG {
                         return Err(Errno::EINVAL);
                     }
-                    let fd = upper.open(libc::O_WRONLY)?;
-                    fs::ftruncate(fd.as_fd(), size)?
+                    match upper.at() {
+                        Some(_) => fs::ftruncate(upper.open(libc::O_WRONLY)?.as_fd(), size)?,
+                        None => with_pinned(&upper, |fd| fs::truncate_fd(fd, size))?,
+                    }
                 }
             }
         }
@@ -128,10 +127,7 @@ impl Overlay {
             );
             match upper.at() {
                 Some((d, n)) => fs::utimensat(d, n, a, m)?,
-                None => {
-                    let fd = upper.open(libc::O_RDONLY)?;
-                    fs::futimens(fd.as_fd(), a, m)?
-                }
+                None => with_pinned(&upper, |fd| fs::utimens_fd(fd, a, m))?,
             }
         }
         self.node_attr(&node)

@@ -29,9 +29,19 @@ impl Overlay {
         if node.state.read().upper.is_some() {
             return Ok(());
         }
+        // A lower hard link needs no name of its own in the upper: its copy
+        // lives in the index, where every one of its names finds it. (An
+        // operation on the inode does not say which name it came by.)
+        if let Some(iname) = self.index_name_of(node)? {
+            return self.copy_up_index(node, &iname);
+        }
         // Ancestors without an upper, nearest first.
         let mut chain = vec![node.clone()];
         loop {
+            // Deeper than any path can be: the parents went round in a circle.
+            if chain.len() > libc::PATH_MAX as usize {
+                return Err(Errno::ELOOP);
+            }
             let parent_ino = chain
                 .last()
                 .map(|n| n.state.read().parent)
@@ -56,8 +66,82 @@ impl Overlay {
         Ok(())
     }
 
+    /// The index entry name for a lower hard link (`None` for anything
+    /// the index does not hold: directories, single links, filesystems
+    /// without file handles, read-only mounts).
+    pub(crate) fn index_name_of(&self, node: &Node) -> Result<Option<OsString>> {
+        if node.is_dir() || self.layers.work.is_none() {
+            return Ok(None);
+        }
+        let s = node.state.read().clone();
+        let (Some(lower), Some(st)) = (s.lowers.first(), s.lower_stat) else {
+            return Ok(None);
+        };
+        if st.st_nlink <= 1 || (s.upper.is_some() && !s.indexed) {
+            return Ok(None);
+        }
+        Ok(self
+            .origin_fh(lower)?
+            .map(|fh| OsString::from(fh.index_name())))
+    }
+
+    /// Copies a lower hard link into the index (or finds it there).
+    pub(crate) fn copy_up_index(&self, node: &Arc<Node>, iname: &OsStr) -> Result<()> {
+        let _guard = node.op_lock.lock();
+        let state = node.state.read().clone();
+        if state.upper.is_some() {
+            return Ok(());
+        }
+        let work = self.layers.work.as_ref().ok_or(Errno::EROFS)?;
+        let lower = state.lowers.first().ok_or(Errno::EIO)?.clone();
+        let lst = match state.lower_stat {
+            Some(st) => st,
+            None => lower.stat()?,
+        };
+        debug!(ino = node.ino, ?iname, "copy-up to the index");
+        if fs::fstatat(work.index.as_fd(), iname).is_err() {
+            let fh = self.origin_fh(&lower)?.ok_or(Errno::EIO)?;
+            let tmp = util::temp_name();
+            let built = self
+                .build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind)
+                .and_then(|()| {
+                    if self.set_origin(work.work.as_fd(), &tmp, &fh)? {
+                        // The union's link count, relative to the lower's:
+                        // right whatever happens to the upper names.
+                        let v = markers::format_nlink(NlinkBase::Lower, 0);
+                        let ns = self.layers.format.ns;
+                        set_marker(work.work.as_fd(), &tmp, ns.name(Attr::Nlink), &v)?;
+                    }
+                    fs::renameat2(
+                        work.work.as_fd(),
+                        &tmp,
+                        work.index.as_fd(),
+                        iname,
+                        fs::RENAME_NOREPLACE,
+                    )
+                });
+            if let Err(e) = built {
+                let _ = util::remove_tree(work.work.as_fd(), &tmp);
+                return Err(e);
+            }
+        }
+        let m = markers::Markers::read(work.index.as_fd(), iname)?;
+        {
+            let mut s = node.state.write();
+            s.upper = Some(Real::At {
+                layer: 0,
+                dir: work.index.clone(),
+                name: Arc::from(iname),
+            });
+            s.indexed = true;
+            s.nlink = m.nlink.as_deref().and_then(markers::parse_nlink);
+        }
+        self.attr_changed(node.ino);
+        Ok(())
+    }
+
     /// Copies one object up as `name` in `parent`, whose upper directory
-    /// exists already.
+    /// exists already (hard links go to the index: see `copy_up_index`).
     pub(crate) fn copy_up_at(
         &self,
         node: &Arc<Node>,
@@ -80,82 +164,27 @@ impl Overlay {
         let work = self.layers.work.as_ref().ok_or(Errno::EROFS)?;
         let pst = fs::fstat(udir.as_fd())?;
         debug!(ino = node.ino, name = ?state.name, "copy-up");
-
         let fh = self.origin_fh(&lower).ok().flatten();
-        let index_name = match &fh {
-            Some(fh) if !node.is_dir() && lst.st_nlink > 1 => Some(OsString::from(fh.index_name())),
-            _ => None,
-        };
-
-        // A hard link whose other name was copied already: link to that.
-        if let Some(iname) = &index_name
-            && fs::fstatat(work.index.as_fd(), iname).is_ok()
-        {
-            fs::linkat(work.index.as_fd(), iname, udir.as_fd(), &state.name)?;
-            let m = markers::Markers::read(udir.as_fd(), &state.name)?;
-            self.set_upper(node, parent, &udir, &state, true, m.nlink.as_deref())?;
-            restore_times(udir.as_fd(), &pst);
-            return Ok(());
-        }
-
         let tmp = util::temp_name();
-        let built = self.build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind);
-        let built = built.and_then(|()| {
-            if self.layers.format.xattrs
-                && let Some(fh) = &fh
-            {
-                set_marker(
-                    work.work.as_fd(),
-                    &tmp,
-                    self.layers.format.ns.name(Attr::Origin),
-                    &fh.encode(),
-                )?;
-                if index_name.is_some() {
-                    let v = markers::format_nlink(NlinkBase::Lower, 0);
-                    set_marker(
-                        work.work.as_fd(),
-                        &tmp,
-                        self.layers.format.ns.name(Attr::Nlink),
-                        &v,
-                    )?;
+        let placed = self
+            .build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind)
+            .and_then(|()| {
+                if let Some(fh) = &fh {
+                    self.set_origin(work.work.as_fd(), &tmp, fh)?;
                 }
-            }
-            Ok(())
-        });
-        let placed = built.and_then(|()| match &index_name {
-            Some(iname) => {
                 fs::renameat2(
                     work.work.as_fd(),
                     &tmp,
-                    work.index.as_fd(),
-                    iname,
+                    udir.as_fd(),
+                    &state.name,
                     fs::RENAME_NOREPLACE,
-                )?;
-                fs::linkat(work.index.as_fd(), iname, udir.as_fd(), &state.name)
-            }
-            None => fs::renameat2(
-                work.work.as_fd(),
-                &tmp,
-                udir.as_fd(),
-                &state.name,
-                fs::RENAME_NOREPLACE,
-            ),
-        });
+                )
+            });
         if let Err(e) = placed {
             let _ = util::remove_tree(work.work.as_fd(), &tmp);
             return Err(e);
         }
-        let nlink = index_name
-            .as_ref()
-            .map(|_| markers::format_nlink(NlinkBase::Lower, 0));
-        self.set_upper(
-            node,
-            parent,
-            &udir,
-            &state,
-            index_name.is_some(),
-            nlink.as_deref(),
-        )?;
+        self.set_upper(node, parent, &udir, &state)?;
         if fh.is_some() && self.layers.format.xattrs && !pstate.impure {
             self.mark_impure(parent)?;
         }
@@ -170,8 +199,6 @@ impl Overlay {
         parent: &Node,
         udir: &Arc<OwnedFd>,
         state: &NodeState,
-        indexed: bool,
-        nlink: Option<&[u8]>,
     ) -> Result<()> {
         let upper = if node.is_dir() {
             let fd = fs::openat(
@@ -192,11 +219,7 @@ impl Overlay {
                 name: state.name.clone(),
             }
         };
-        let mut s = node.state.write();
-        s.upper = Some(upper);
-        s.indexed = indexed;
-        s.nlink = nlink.and_then(markers::parse_nlink);
-        drop(s);
+        node.state.write().upper = Some(upper);
         parent.bump_version();
         // A copied directory is merged now (link count 1), a copied file
         // reports its copy's times and blocks: what the kernel cached of
@@ -242,6 +265,34 @@ impl Overlay {
             _ => fs::mknodat(work, tmp, kind | 0o600, lst.st_rdev)?,
         }
         copy_meta(lower, lst, work, tmp)
+    }
+
+    /// Records where a copy came from, when the upper can hold the mark;
+    /// returns whether it did. The origin only keeps inode numbers stable,
+    /// so a filesystem (or namespace: user.* on symlinks) that refuses it
+    /// does not fail the copy-up, as with the kernel.
+    fn set_origin(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        fh: &crate::fh::OriginFh,
+    ) -> Result<bool> {
+        if !self.layers.format.xattrs {
+            return Ok(false);
+        }
+        match set_marker(
+            dir,
+            name,
+            self.layers.format.ns.name(Attr::Origin),
+            &fh.encode(),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e == Errno::EPERM || e == Errno::EOPNOTSUPP => {
+                debug!(?name, "no origin on this copy: {e}");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Marks an upper directory impure: it holds entries with origins, so

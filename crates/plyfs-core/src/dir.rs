@@ -737,11 +737,14 @@ impl Overlay {
     }
 
     /// Gives this particular name of `node` an upper entry: a copy-up, or
-    /// for a hard link already in the index, a link to the index entry.
+    /// for a hard link, a link to its copy in the index.
     fn alias_up(&self, node: &Arc<Node>, pnode: &Arc<Node>, name: &OsStr) -> Result<()> {
         self.copy_up(pnode)?;
         if node.state.read().upper.is_none() {
-            return self.copy_up_at(node, pnode, name);
+            match self.index_name_of(node)? {
+                Some(iname) => self.copy_up_index(node, &iname)?,
+                None => return self.copy_up_at(node, pnode, name),
+            }
         }
         if node.is_dir() || !node.state.read().indexed {
             return Ok(());
@@ -756,7 +759,11 @@ impl Overlay {
         // relative to the upper inode moves by one.
         let union = self.union_nlink(node)?;
         fs::linkat(index.as_fd(), &iname, udir.as_fd(), name)?;
-        self.persist_nlink(node, union)
+        self.persist_nlink(node, union)?;
+        if self.layers.format.xattrs && !pnode.state.read().impure {
+            self.mark_impure(pnode)?;
+        }
+        Ok(())
     }
 
     /// The index entry name of an indexed node.
@@ -795,15 +802,20 @@ impl Overlay {
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let diff = union - upper.stat()?.st_nlink as i64;
         let value = markers::format_nlink(NlinkBase::Upper, diff);
-        match upper.at() {
-            Some((dir, name)) => {
-                set_marker(dir, name, self.layers.format.ns.name(Attr::Nlink), &value)?
-            }
+        let attr = self.layers.format.ns.name(Attr::Nlink);
+        let stored = match upper.at() {
+            Some((dir, name)) => set_marker(dir, name, attr, &value),
             None => {
                 let path = format!("/proc/self/fd/{}", fs::raw(&upper_fd(&upper)?));
-                xattr::set_deref(path, self.layers.format.ns.name(Attr::Nlink), &value)
-                    .map_err(Errno::from)?
+                xattr::set_deref(path, attr, &value).map_err(Errno::from)
             }
+        };
+        match stored {
+            // Where the upper cannot hold it (user.* on a symlink), the
+            // count is kept for the life of the mount only.
+            Ok(()) => {}
+            Err(e) if e == Errno::EPERM || e == Errno::EOPNOTSUPP => {}
+            Err(e) => return Err(e),
         }
         node.state.write().nlink = Some((NlinkBase::Upper, diff));
         Ok(())

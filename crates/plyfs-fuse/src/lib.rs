@@ -45,10 +45,12 @@ impl Default for FuseOptions {
     }
 }
 
+/// Requests block in I/O (a copy-up can take seconds), so more threads
+/// than cores keep the others moving.
 fn default_threads() -> usize {
     std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 16)
+        .map_or(4, |n| n.get())
+        .clamp(4, 16)
 }
 
 /// The union as a FUSE filesystem.

@@ -261,9 +261,33 @@ pub fn fchmodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<()> {
     })
 }
 
-pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
-    // SAFETY: valid fd.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+/// `/proc/self/fd/N`: a name that leads to the very inode `fd` refers to,
+/// for calls that follow it to that inode without opening it (opening a
+/// FIFO would wait for a partner, opening a device would reach a driver).
+fn proc_fd(fd: BorrowedFd<'_>) -> std::ffi::CString {
+    // Digits only: cannot contain NUL.
+    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// chmod of the inode an `O_PATH` descriptor refers to.
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
+    let p = proc_fd(fd);
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// Sets the times of the inode an `O_PATH` descriptor refers to.
+pub fn utimens_fd(fd: BorrowedFd<'_>, atime: SetTime, mtime: SetTime) -> Result<()> {
+    let p = proc_fd(fd);
+    utimensat_c(fd, &p, atime, mtime, 0)
+}
+
+/// truncate(2) of the inode an `O_PATH` descriptor refers to.
+pub fn truncate_fd(fd: BorrowedFd<'_>, len: u64) -> Result<()> {
+    let len = i64::try_from(len).map_err(|_| Errno::EFBIG)?;
+    let p = proc_fd(fd);
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::truncate(p.as_ptr(), len) }).map(drop)
 }
 
 /// A time to set with utimensat: a value, "now", or "leave as is".
@@ -313,13 +337,6 @@ fn utimensat_c(
         .map(drop)
 }
 
-/// Sets the times of an open, non-`O_PATH` descriptor.
-pub fn futimens(fd: BorrowedFd<'_>, atime: SetTime, mtime: SetTime) -> Result<()> {
-    let times = [atime.timespec(), mtime.timespec()];
-    // SAFETY: valid fd, two timespecs.
-    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
-}
-
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> Result<()> {
     let len = i64::try_from(len).map_err(|_| Errno::EFBIG)?;
     // SAFETY: valid fd.
@@ -336,11 +353,6 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
         }
     })
     .map(drop)
-}
-
-pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
-    // SAFETY: valid fd.
-    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
 }
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<()> {
@@ -402,15 +414,6 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<StatVfs> {
     check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: filled by the successful call.
     Ok(unsafe { st.assume_init() })
-}
-
-/// Filesystem type magic (`f_type` of statfs).
-pub fn fs_magic(fd: BorrowedFd<'_>) -> Result<i64> {
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: valid fd and out pointer.
-    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: filled by the successful call.
-    Ok(unsafe { st.assume_init() }.f_type)
 }
 
 /// One entry of a directory as getdents64 reports it.
