@@ -158,6 +158,11 @@ pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
                     }
                     r.fuse.timeout = Duration::from_secs_f64(secs);
                 }
+                "passthrough" => match need()? {
+                    "0" => r.fuse.passthrough = false,
+                    "1" => r.fuse.passthrough = true,
+                    v => return Err(bad(key, v, "expected 0 or 1")),
+                },
                 "threads" => {
                     let v = need()?;
                     let n: usize = v.parse().map_err(|_| bad(key, v, "expected a number"))?;

@@ -4,6 +4,7 @@
 
 mod convert;
 mod mount;
+mod passthrough;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -34,6 +35,8 @@ pub struct FuseOptions {
     pub timeout: Duration,
     /// Request threads.
     pub threads: usize,
+    /// Hand open files to the kernel (FUSE passthrough) where allowed.
+    pub passthrough: bool,
 }
 
 impl Default for FuseOptions {
@@ -41,6 +44,7 @@ impl Default for FuseOptions {
         FuseOptions {
             timeout: Duration::from_secs(1_000_000_000),
             threads: default_threads(),
+            passthrough: true,
         }
     }
 }
@@ -53,13 +57,21 @@ fn default_threads() -> usize {
         .clamp(4, 16)
 }
 
+/// An open file: plyfs's handle, and the backing the kernel reads and
+/// writes directly when in passthrough.
+struct Handle {
+    file: Arc<OpenFile>,
+    backing: Option<Arc<fuser::BackingId>>,
+}
+
 /// The union as a FUSE filesystem.
 pub struct PlyFs {
     ov: Arc<Overlay>,
     opts: FuseOptions,
-    files: DashMap<u64, Arc<OpenFile>>,
+    files: DashMap<u64, Handle>,
     dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
     next_fh: AtomicU64,
+    passthrough: passthrough::Passthrough,
 }
 
 impl PlyFs {
@@ -70,6 +82,7 @@ impl PlyFs {
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
+            passthrough: passthrough::Passthrough::new(),
         }
     }
 
@@ -78,7 +91,10 @@ impl PlyFs {
     }
 
     fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
-        self.files.get(&fh.0).map(|f| f.clone()).ok_or(Errno::EBADF)
+        self.files
+            .get(&fh.0)
+            .map(|h| h.file.clone())
+            .ok_or(Errno::EBADF)
     }
 
     fn reply_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
@@ -109,10 +125,27 @@ impl Filesystem for PlyFs {
             | F::FUSE_PARALLEL_DIROPS
             | F::FUSE_CACHE_SYMLINKS
             | F::FUSE_ATOMIC_O_TRUNC
-            | F::FUSE_EXPORT_SUPPORT;
+            | F::FUSE_EXPORT_SUPPORT
+            | F::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
-        info!("FUSE session ready: {supported:?}");
+        // Passthrough needs CAP_SYS_ADMIN; without it the first open finds
+        // out and plyfs carries on without.
+        if self.opts.passthrough
+            && config.capabilities().contains(F::FUSE_PASSTHROUGH)
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+        }
+        info!(
+            "FUSE session ready: {supported:?}, passthrough {}",
+            if self.passthrough.enabled() {
+                "on"
+            } else {
+                "off"
+            }
+        );
         Ok(())
     }
 
@@ -257,10 +290,36 @@ impl Filesystem for PlyFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.open(ino.0, flags.0) {
-            Ok(f) => {
+            Ok(file) => {
                 let fh = self.fh();
-                self.files.insert(fh, f);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                match self
+                    .passthrough
+                    .answer(ino.0, &file, self.ov.writable(), |fd| {
+                        reply.open_backing(fd)
+                    }) {
+                    passthrough::Answer::Passthrough(id) => {
+                        // Known before the kernel hears of it: the next
+                        // request on it may come at once.
+                        self.files.insert(
+                            fh,
+                            Handle {
+                                file,
+                                backing: Some(id.clone()),
+                            },
+                        );
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    }
+                    passthrough::Answer::Plain(flags) => {
+                        self.files.insert(
+                            fh,
+                            Handle {
+                                file,
+                                backing: None,
+                            },
+                        );
+                        reply.opened(FileHandle(fh), flags);
+                    }
+                }
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -322,14 +381,18 @@ impl Filesystem for PlyFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.remove(&fh.0);
+        if let Some((_, h)) = self.files.remove(&fh.0) {
+            let had_backing = h.backing.is_some();
+            drop(h);
+            self.passthrough.released(ino.0, had_backing);
+        }
         reply.ok();
     }
 
@@ -353,7 +416,12 @@ impl Filesystem for PlyFs {
             Ok(entries) => {
                 let fh = self.fh();
                 self.dirs.insert(fh, Arc::new(entries));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // The kernel may keep the listing: every change to a
+                // directory goes through it, which drops what it cached.
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                );
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -523,14 +591,44 @@ impl Filesystem for PlyFs {
         match self.ov.create(parent.0, name, mode, flags, caller(req)) {
             Ok((entry, file)) => {
                 let fh = self.fh();
-                self.files.insert(fh, file);
-                reply.created(
+                let (ttl, a, generation) = (
                     &self.opts.timeout,
-                    &attr(&entry.attr),
+                    attr(&entry.attr),
                     Generation(entry.generation),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
                 );
+                match self
+                    .passthrough
+                    .answer(entry.ino, &file, self.ov.writable(), |fd| {
+                        reply.open_backing(fd)
+                    }) {
+                    passthrough::Answer::Passthrough(id) => {
+                        self.files.insert(
+                            fh,
+                            Handle {
+                                file,
+                                backing: Some(id.clone()),
+                            },
+                        );
+                        reply.created_passthrough(
+                            ttl,
+                            &a,
+                            generation,
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            &id,
+                        );
+                    }
+                    passthrough::Answer::Plain(flags) => {
+                        self.files.insert(
+                            fh,
+                            Handle {
+                                file,
+                                backing: None,
+                            },
+                        );
+                        reply.created(ttl, &a, generation, FileHandle(fh), flags);
+                    }
+                }
             }
             Err(e) => reply.error(errno(e)),
         }

@@ -1,0 +1,126 @@
+//! FUSE passthrough: with the privilege for it, file data goes straight
+//! between the kernel and the layers, never through the daemon.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+use common::*;
+
+fn daemon_reads(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("syscr:").map(|v| v.trim().parse().unwrap()))
+        .unwrap()
+}
+
+fn setup(s: &Scratch, extra: &str) -> PlyfsMount {
+    let l1 = s.mkdir("l1");
+    std::fs::write(l1.join("data"), vec![9u8; 64 << 20]).unwrap();
+    std::fs::write(l1.join("small"), "lower text").unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}{extra}",
+        l1.display(),
+        s.mkdir("upper").display(),
+        s.mkdir("work").display()
+    );
+    PlyfsMount::new(&opts, &s.path("mnt"))
+}
+
+fn read_all(p: &std::path::Path) -> usize {
+    let mut v = Vec::new();
+    std::fs::File::open(p).unwrap().read_to_end(&mut v).unwrap();
+    v.len()
+}
+
+#[test]
+fn file_data_bypasses_the_daemon() {
+    if !require_mount_privileges() {
+        return;
+    }
+    // Read-only: every file in passthrough.
+    let s = Scratch::new();
+    let l1 = s.mkdir("l1");
+    std::fs::write(l1.join("data"), vec![9u8; 64 << 20]).unwrap();
+    let ro = PlyfsMount::new(&format!("lowerdir={}", l1.display()), &s.path("ro"));
+    let before = daemon_reads(ro.pid());
+    assert_eq!(read_all(&ro.mnt.join("data")), 64 << 20);
+    let reads = daemon_reads(ro.pid()) - before;
+    assert!(reads < 100, "the daemon made {reads} read calls for 64 MiB of reads");
+    drop(ro);
+
+    // Writable: a file once copied up is read and written in passthrough.
+    let s = Scratch::new();
+    let ply = setup(&s, "");
+    let f = std::fs::OpenOptions::new().write(true).open(ply.mnt.join("data")).unwrap();
+    drop(f);
+    let before = daemon_reads(ply.pid());
+    let f = std::fs::OpenOptions::new().write(true).open(ply.mnt.join("data")).unwrap();
+    f.write_all_at(&vec![1u8; 8 << 20], 0).unwrap();
+    drop(f);
+    assert_eq!(read_all(&ply.mnt.join("data")), 64 << 20);
+    let reads = daemon_reads(ply.pid()) - before;
+    assert!(reads < 100, "the daemon made {reads} read calls for 64 MiB of reads");
+    let mut head = [0u8; 2];
+    std::fs::File::open(ply.mnt.join("data")).unwrap().read_exact_at(&mut head, (8 << 20) - 1).unwrap();
+    assert_eq!(head, [1, 9]);
+}
+
+#[test]
+fn without_passthrough_the_daemon_serves_the_data() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    let ply = setup(&s, ",passthrough=0");
+    let before = daemon_reads(ply.pid());
+    assert_eq!(read_all(&ply.mnt.join("data")), 64 << 20);
+    let reads = daemon_reads(ply.pid()) - before;
+    assert!(
+        reads >= 64,
+        "only {reads} read calls: passthrough=0 not honoured?"
+    );
+}
+
+#[test]
+fn writing_while_the_lower_file_is_open_for_reading() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    let ply = setup(&s, "");
+    // A reader holds the lower file (in passthrough).
+    let reader = std::fs::File::open(ply.mnt.join("small")).unwrap();
+    // A writer opens it: copy-up, and another real file behind the inode.
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ply.mnt.join("small"))
+        .unwrap();
+    w.write_all(b" + upper").unwrap();
+    drop(w);
+    let mut s1 = String::new();
+    std::fs::File::open(ply.mnt.join("small"))
+        .unwrap()
+        .read_to_string(&mut s1)
+        .unwrap();
+    assert_eq!(s1, "lower text + upper");
+    drop(reader);
+    // With the reader gone, opens use the copy in passthrough again.
+    let mut s2 = String::new();
+    std::fs::File::open(ply.mnt.join("small"))
+        .unwrap()
+        .read_to_string(&mut s2)
+        .unwrap();
+    assert_eq!(s2, "lower text + upper");
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ply.mnt.join("small"))
+        .unwrap();
+    w.write_all(b"!").unwrap();
+    drop(w);
+    assert_eq!(
+        std::fs::read_to_string(ply.mnt.join("small")).unwrap(),
+        "lower text + upper!"
+    );
+}
