@@ -218,3 +218,44 @@ fn regression_symlink_copy_up_in_user_namespace() {
         ],
     );
 }
+
+/// Found by the soak: the second deliberate difference (see random.rs): a
+/// hard link opened for writing is copied into the index, its directory
+/// stays in the lower; the kernel copies that directory up too.
+#[test]
+fn regression_hard_link_written_through_open() {
+    replay(
+        Stack {
+            user_ns: false,
+            lowers: vec![
+                vec![
+                    (
+                        s("b"),
+                        File {
+                            content: 1,
+                            mode: 0o600,
+                            xattr: true,
+                        },
+                    ),
+                    (s("c"), Dir { mode: 0o755 }),
+                    (s("c/z"), Hardlink { to: 1 }),
+                ],
+                vec![(
+                    s("c"),
+                    File {
+                        content: 0,
+                        mode: 0o644,
+                        xattr: false,
+                    },
+                )],
+            ],
+            upper: vec![],
+        },
+        &[
+            CreateTrunc(s("c/z")),
+            Stat(s("c")),
+            Read(s("b")),
+            Stat(s("b")),
+        ],
+    );
+}

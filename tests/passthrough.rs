@@ -47,23 +47,38 @@ fn file_data_bypasses_the_daemon() {
     let before = daemon_reads(ro.pid());
     assert_eq!(read_all(&ro.mnt.join("data")), 64 << 20);
     let reads = daemon_reads(ro.pid()) - before;
-    assert!(reads < 100, "the daemon made {reads} read calls for 64 MiB of reads");
+    assert!(
+        reads < 100,
+        "the daemon made {reads} read calls for 64 MiB of reads"
+    );
     drop(ro);
 
     // Writable: a file once copied up is read and written in passthrough.
     let s = Scratch::new();
     let ply = setup(&s, "");
-    let f = std::fs::OpenOptions::new().write(true).open(ply.mnt.join("data")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ply.mnt.join("data"))
+        .unwrap();
     drop(f);
     let before = daemon_reads(ply.pid());
-    let f = std::fs::OpenOptions::new().write(true).open(ply.mnt.join("data")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ply.mnt.join("data"))
+        .unwrap();
     f.write_all_at(&vec![1u8; 8 << 20], 0).unwrap();
     drop(f);
     assert_eq!(read_all(&ply.mnt.join("data")), 64 << 20);
     let reads = daemon_reads(ply.pid()) - before;
-    assert!(reads < 100, "the daemon made {reads} read calls for 64 MiB of reads");
+    assert!(
+        reads < 100,
+        "the daemon made {reads} read calls for 64 MiB of reads"
+    );
     let mut head = [0u8; 2];
-    std::fs::File::open(ply.mnt.join("data")).unwrap().read_exact_at(&mut head, (8 << 20) - 1).unwrap();
+    std::fs::File::open(ply.mnt.join("data"))
+        .unwrap()
+        .read_exact_at(&mut head, (8 << 20) - 1)
+        .unwrap();
     assert_eq!(head, [1, 9]);
 }
 
