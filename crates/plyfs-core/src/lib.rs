@@ -16,6 +16,7 @@ pub mod fh;
 pub mod file;
 pub mod inode;
 pub mod layers;
+pub mod lower_index;
 pub mod markers;
 pub mod namei;
 pub mod readdir;
@@ -66,6 +67,8 @@ pub struct Overlay {
     root_st_ino: Ino,
     /// Told when plyfs changes attributes behind the kernel's back.
     invalidator: std::sync::OnceLock<Invalidator>,
+    /// Entries of lower directories, kept across mounts.
+    pub(crate) lower_index: lower_index::LowerIndex,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -145,6 +148,12 @@ impl Overlay {
                 unlinked: false,
             },
         ));
+        let index_file = layers
+            .work
+            .as_ref()
+            .map(|w| w.path.join(lower_index::FILE_NAME));
+        let ids = layers.lowers().map(|(_, l)| (l.dev, l.root_ino)).collect();
+        let lower_index = lower_index::LowerIndex::load(index_file, ids);
         Ok(Overlay {
             config,
             layers,
@@ -152,7 +161,18 @@ impl Overlay {
             inomap,
             root_st_ino,
             invalidator: std::sync::OnceLock::new(),
+            lower_index,
         })
+    }
+
+    /// How many lower directories the index holds (a statistic).
+    pub fn lower_index_dirs(&self) -> usize {
+        self.lower_index.len()
+    }
+
+    /// Saves the lower index for the next mount (when the mount ends).
+    pub fn save_lower_index(&self) -> Result<()> {
+        self.lower_index.save()
     }
 
     /// Installs the hook told about attribute changes plyfs makes on its own.

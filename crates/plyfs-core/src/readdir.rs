@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
 use crate::Overlay;
 use crate::error::{Errno, Result};
 use crate::inode::{Ino, Node, NodeState, Real};
+use crate::lower_index::{KIND_WHITEOUT, LowerIndex};
 use crate::markers;
-use crate::namei::is_xwhiteout;
 use crate::sys::fs;
 
 /// What a name is in one lower directory.
@@ -66,86 +67,37 @@ impl LowerListing {
         self.names.is_empty()
     }
 
-    /// Reads the lower directories of a union directory, top-most first,
+    /// Merges the lower directories of a union directory, top-most first,
     /// down to the first one marked opaque in the OCI format.
-    pub fn build(lowers: &[Real]) -> Result<LowerListing> {
+    pub fn build(lowers: &[Real], index: &LowerIndex) -> Result<LowerListing> {
         let mut names: HashMap<OsString, Vec<Hit>> = HashMap::new();
         for (pos, real) in lowers.iter().enumerate() {
             let Some(dir) = real.dir_fd() else {
                 return Err(Errno::EIO);
             };
-            let xwh = real.xwhiteouts();
-            let mut oci_opaque = false;
-            // Entries whose kind d_type alone does not tell.
-            let mut unsure: Vec<(OsString, u64)> = Vec::new();
-            let add = |names: &mut HashMap<OsString, Vec<Hit>>, name: &OsStr, hit: Hit| {
-                let hits = names.entry(name.to_os_string()).or_default();
-                // Within one layer a real entry comes before its whiteout.
-                match hits.last() {
-                    Some(last) if last.pos == pos && hit.kind == EntryKind::Whiteout => {
-                        hits.push(hit)
-                    }
-                    Some(last) if last.pos == pos => hits.insert(hits.len() - 1, hit),
-                    _ => hits.push(hit),
-                }
-            };
-            fs::read_dir(dir.as_fd(), |e| {
-                if e.name == markers::OCI_OPAQUE {
-                    oci_opaque = true;
-                    return;
-                }
-                if let Some(target) = markers::oci_whiteout_target(e.name) {
-                    add(
-                        &mut names,
-                        target,
-                        Hit {
-                            pos,
-                            kind: EntryKind::Whiteout,
-                            ino: 0,
-                        },
-                    );
-                    return;
-                }
-                let kind = match e.dtype {
+            let rec = index.dir(real.layer(), dir.as_fd(), real.xwhiteouts())?;
+            for (name, kind, ino) in &rec.entries {
+                let kind = match *kind {
+                    KIND_WHITEOUT => EntryKind::Whiteout,
                     libc::DT_DIR => EntryKind::Dir,
-                    libc::DT_CHR | libc::DT_UNKNOWN => {
-                        unsure.push((e.name.to_os_string(), e.ino));
-                        return;
-                    }
-                    libc::DT_REG if xwh => {
-                        unsure.push((e.name.to_os_string(), e.ino));
-                        return;
-                    }
                     t => EntryKind::Other(t),
                 };
-                add(
-                    &mut names,
-                    e.name,
-                    Hit {
-                        pos,
-                        kind,
-                        ino: e.ino,
-                    },
-                );
-            })?;
-            for (name, ino) in unsure {
-                let st = match fs::fstatat(dir.as_fd(), &name) {
-                    Ok(st) => st,
-                    Err(e) if e == Errno::ENOENT => continue,
-                    Err(e) => return Err(e),
+                let hit = Hit {
+                    pos,
+                    kind,
+                    ino: *ino,
                 };
-                let kind = if markers::is_whiteout(&st)
-                    || (xwh && is_xwhiteout(dir.as_fd(), &name, &st)?)
-                {
-                    EntryKind::Whiteout
-                } else if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                    EntryKind::Dir
-                } else {
-                    EntryKind::Other(dtype_of(st.st_mode))
-                };
-                add(&mut names, &name, Hit { pos, kind, ino });
+                let hits = names.entry(OsString::from_vec(name.clone())).or_default();
+                // Within one layer a real entry comes before its whiteout
+                // (an OCI layer may re-create what it deletes below).
+                match hits.last() {
+                    Some(last) if last.pos == pos && kind != EntryKind::Whiteout => {
+                        hits.insert(hits.len() - 1, hit)
+                    }
+                    _ => hits.push(hit),
+                }
             }
-            if oci_opaque {
+            if rec.oci_opaque {
                 break;
             }
         }
@@ -173,7 +125,7 @@ impl Overlay {
         if let Some(l) = node.listing.get() {
             return Ok(l.clone());
         }
-        let built = Arc::new(LowerListing::build(&state.lowers)?);
+        let built = Arc::new(LowerListing::build(&state.lowers, &self.lower_index)?);
         Ok(node.listing.get_or_init(|| built).clone())
     }
 

@@ -369,3 +369,38 @@ fn copy_up_keeps_inode_number_and_leaves_lowers_alone() {
         Some(b"y".to_vec())
     );
 }
+
+#[test]
+fn lower_index_is_kept_across_mounts_and_revalidated() {
+    let s = Stack::new();
+    s.file("l1/d/a", "a").file("l1/e/x", "x");
+    let index = s.root.join("work").join(plyfs_core::lower_index::FILE_NAME);
+    {
+        let ov = s.overlay_rw(&["l1"]);
+        assert_eq!(names(&ov, "d"), ["a"]);
+        assert_eq!(names(&ov, "e"), ["x"]);
+        ov.save_lower_index().unwrap();
+    }
+    assert!(index.exists());
+    // A remount starts with what was read.
+    let ov = s.overlay_rw(&["l1"]);
+    assert!(ov.lower_index_dirs() >= 3, "{}", ov.lower_index_dirs());
+    drop(ov);
+    // A lower directory changed meanwhile is read again.
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    s.file("l1/d/b", "b");
+    let ov = s.overlay_rw(&["l1"]);
+    assert_eq!(names(&ov, "d"), ["a", "b"]);
+    drop(ov);
+    // Other layers, or a damaged file: rebuilt, never trusted.
+    std::fs::write(&index, b"not an index").unwrap();
+    let ov = s.overlay_rw(&["l1"]);
+    assert_eq!(ov.lower_index_dirs(), 0);
+    assert_eq!(names(&ov, "d"), ["a", "b"]);
+    ov.save_lower_index().unwrap();
+    drop(ov);
+    s.file("l2/top", "t");
+    let ov = s.overlay_rw(&["l2", "l1"]);
+    assert_eq!(ov.lower_index_dirs(), 0);
+    assert_eq!(names(&ov, ""), ["d", "e", "top"]);
+}

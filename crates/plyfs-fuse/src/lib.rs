@@ -149,6 +149,12 @@ impl Filesystem for PlyFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        if let Err(e) = self.ov.save_lower_index() {
+            tracing::warn!("cannot save the lower index: {e}");
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.reply_entry(reply, self.ov.lookup(parent.0, name));
     }
