@@ -182,6 +182,11 @@ pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
         }
     }
     r.config.lowers = lowers.ok_or(OptionError::NoLowerdir)?;
+    // Without an upper nothing can change: say so to the kernel too, which
+    // then refuses writes itself and keeps atimes cached.
+    if r.config.upper.is_none() {
+        r.spec.read_only = true;
+    }
     Ok(r)
 }
 

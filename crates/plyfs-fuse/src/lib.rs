@@ -69,6 +69,7 @@ pub struct PlyFs {
     ov: Arc<Overlay>,
     opts: FuseOptions,
     files: DashMap<u64, Handle>,
+    /// Directory listings being read, by directory.
     dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
     next_fh: AtomicU64,
     passthrough: passthrough::Passthrough,
@@ -95,6 +96,19 @@ impl PlyFs {
             .get(&fh.0)
             .map(|h| h.file.clone())
             .ok_or(Errno::EBADF)
+    }
+
+    /// The listing a readdir at `offset` is served from: made afresh at
+    /// the start of a stream, kept for the rest of it.
+    fn listing(&self, ino: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        if offset != 0
+            && let Some(l) = self.dirs.get(&ino)
+        {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(self.ov.read_dir(ino)?);
+        self.dirs.insert(ino, l.clone());
+        Ok(l)
     }
 
     fn reply_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
@@ -417,33 +431,29 @@ impl Filesystem for PlyFs {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.read_dir(ino.0) {
-            Ok(entries) => {
-                let fh = self.fh();
-                self.dirs.insert(fh, Arc::new(entries));
-                // The kernel may keep the listing: every change to a
-                // directory goes through it, which drops what it cached.
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                );
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message opendir: the kernel stops asking, opens directories
+        // itself and keeps their listings cached (FOPEN_CACHE_DIR), which
+        // it drops when a change goes through it. Listings are made per
+        // directory on the first readdir instead.
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.dirs.get(&fh.0).map(|d| d.clone()) else {
-            return reply.error(fuser::Errno::EBADF);
+        let entries = match self.listing(ino.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
         };
+        if offset as usize >= entries.len() {
+            self.dirs.remove(&ino.0);
+        }
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let kind = convert::dtype_file_type(e.dtype);
             if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
@@ -457,13 +467,17 @@ impl Filesystem for PlyFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.dirs.get(&fh.0).map(|d| d.clone()) else {
-            return reply.error(fuser::Errno::EBADF);
+        let entries = match self.listing(ino.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
         };
+        if offset as usize >= entries.len() {
+            self.dirs.remove(&ino.0);
+        }
         let ttl = self.opts.timeout;
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let off = (i + 1) as u64;
@@ -503,18 +517,6 @@ impl Filesystem for PlyFs {
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.dirs.remove(&fh.0);
         reply.ok();
     }
 
