@@ -21,6 +21,14 @@ use crate::readdir::EntryKind;
 use crate::sys::fs;
 use crate::{Caller, Entry, Overlay, util};
 
+/// What a rename moved, and what it replaced (or, with RENAME_EXCHANGE,
+/// moved the other way).
+#[derive(Clone, Copy, Debug)]
+pub struct Renamed {
+    pub moved: Ino,
+    pub replaced: Option<Ino>,
+}
+
 /// What occupies a name in an upper directory.
 #[derive(Debug, PartialEq, Eq)]
 enum UpperSlot {
@@ -330,15 +338,17 @@ impl Overlay {
         })
     }
 
-    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+    /// Removes a non-directory; returns the number of the object it named.
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<Ino> {
         let (pnode, node) = self.removal_target(parent, name)?;
         if node.is_dir() {
             return Err(Errno::EISDIR);
         }
-        self.remove(&pnode, &node, name)
+        self.remove(&pnode, &node, name).map(|()| node.ino)
     }
 
-    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+    /// Removes an empty directory; returns its number.
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<Ino> {
         let (pnode, node) = self.removal_target(parent, name)?;
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -346,7 +356,7 @@ impl Overlay {
         if self.read_dir_node(&node)?.len() > 2 {
             return Err(Errno::ENOTEMPTY);
         }
-        self.remove(&pnode, &node, name)
+        self.remove(&pnode, &node, name).map(|()| node.ino)
     }
 
     fn removal_target(&self, parent: Ino, name: &OsStr) -> Result<(Arc<Node>, Arc<Node>)> {
@@ -427,7 +437,7 @@ impl Overlay {
         newparent: Ino,
         newname: &OsStr,
         flags: u32,
-    ) -> Result<()> {
+    ) -> Result<Renamed> {
         self.check_writable()?;
         util::check_name(name)?;
         util::check_name(newname)?;
@@ -452,7 +462,12 @@ impl Overlay {
             None if exchange => return Err(Errno::ENOENT),
             Some(_) if flags & fs::RENAME_NOREPLACE != 0 => return Err(Errno::EEXIST),
             // Two names of one object: POSIX says do nothing.
-            Some(n) if n.ino == old.ino => return Ok(()),
+            Some(n) if n.ino == old.ino => {
+                return Ok(Renamed {
+                    moved: old.ino,
+                    replaced: None,
+                });
+            }
             Some(n) if !exchange => {
                 if old.is_dir() && !n.is_dir() {
                     return Err(Errno::ENOTDIR);
@@ -580,7 +595,10 @@ impl Overlay {
         if exchange && let Some(n) = &new {
             pold.set_child(name, n);
         }
-        Ok(())
+        Ok(Renamed {
+            moved: old.ino,
+            replaced: new.map(|n| n.ino),
+        })
     }
 
     /// Whether an entry carries an origin or redirect into its directory.

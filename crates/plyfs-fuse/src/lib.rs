@@ -73,10 +73,34 @@ pub struct PlyFs {
     dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
     next_fh: AtomicU64,
     passthrough: passthrough::Passthrough,
+    /// Requests reading attributes or listings, in flight, by inode.
+    reading: DashMap<u64, u32>,
+    /// Set once the session exists.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+}
+
+/// Counts a read of `ino`'s attributes or listing until dropped (after
+/// the reply went out).
+struct Reading<'a> {
+    fs: &'a PlyFs,
+    ino: u64,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.fs.reading.remove_if_mut(&self.ino, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }
 
 impl PlyFs {
-    pub fn new(ov: Arc<Overlay>, opts: FuseOptions) -> PlyFs {
+    pub fn new(
+        ov: Arc<Overlay>,
+        opts: FuseOptions,
+        notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    ) -> PlyFs {
         PlyFs {
             ov,
             opts,
@@ -84,6 +108,31 @@ impl PlyFs {
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
             passthrough: passthrough::Passthrough::new(),
+            reading: DashMap::new(),
+            notifier,
+        }
+    }
+
+    fn reading(&self, ino: u64) -> Reading<'_> {
+        *self.reading.entry(ino).or_insert(0) += 1;
+        Reading { fs: self, ino }
+    }
+
+    /// After a change to `ino` was answered: a read of it answered
+    /// concurrently may have reached the kernel after the change and be
+    /// cached as current. An explicit invalidation (which the kernel
+    /// orders against such replies) drops it. Nothing to do, and nothing
+    /// done, when no read was in flight. `listing`: also its cached
+    /// directory listing.
+    fn changed(&self, ino: u64, listing: bool) {
+        if !self.reading.contains_key(&ino) {
+            return;
+        }
+        if let Some(n) = self.notifier.get() {
+            let offset = if listing { 0 } else { -1 };
+            if let Err(e) = n.inval_inode(INodeNo(ino), offset, 0) {
+                debug!("invalidation of {ino} failed: {e}");
+            }
         }
     }
 
@@ -96,6 +145,16 @@ impl PlyFs {
             .get(&fh.0)
             .map(|h| h.file.clone())
             .ok_or(Errno::EBADF)
+    }
+
+    /// Answers a removal, then drops stale cached reads of what changed.
+    fn removed(&self, reply: ReplyEmpty, parent: u64, r: Result<u64, Errno>) {
+        let gone = r.as_ref().ok().copied();
+        empty(reply, r.map(drop));
+        if let Some(ino) = gone {
+            self.changed(parent, true);
+            self.changed(ino, false);
+        }
     }
 
     /// The listing a readdir at `offset` is served from: made afresh at
@@ -178,6 +237,7 @@ impl Filesystem for PlyFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _reading = self.reading(ino.0);
         let r = match fh.and_then(|fh| self.file(fh).ok()) {
             Some(f) => self.ov.getattr_open(&f),
             None => self.ov.getattr(ino.0),
@@ -242,6 +302,7 @@ impl Filesystem for PlyFs {
             .ov
             .mknod(parent.0, name, mode, u64::from(rdev), caller(req));
         self.reply_created(reply, r);
+        self.changed(parent.0, true);
     }
 
     fn mkdir(
@@ -255,14 +316,17 @@ impl Filesystem for PlyFs {
     ) {
         let r = self.ov.mkdir(parent.0, name, mode, caller(req));
         self.reply_created(reply, r);
+        self.changed(parent.0, true);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.ov.unlink(parent.0, name));
+        let r = self.ov.unlink(parent.0, name);
+        self.removed(reply, parent.0, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.ov.rmdir(parent.0, name));
+        let r = self.ov.rmdir(parent.0, name);
+        self.removed(reply, parent.0, r);
     }
 
     fn symlink(
@@ -277,6 +341,7 @@ impl Filesystem for PlyFs {
             .ov
             .symlink(parent.0, link_name, target.as_os_str(), caller(req));
         self.reply_created(reply, r);
+        self.changed(parent.0, true);
     }
 
     fn rename(
@@ -289,11 +354,19 @@ impl Filesystem for PlyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            self.ov
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
-        );
+        let r = self
+            .ov
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        let done = r.as_ref().ok().copied();
+        empty(reply, r.map(drop));
+        if let Some(done) = done {
+            self.changed(parent.0, true);
+            self.changed(newparent.0, true);
+            self.changed(done.moved, false);
+            if let Some(other) = done.replaced {
+                self.changed(other, false);
+            }
+        }
     }
 
     fn link(
@@ -306,6 +379,7 @@ impl Filesystem for PlyFs {
     ) {
         let r = self.ov.link(ino.0, newparent.0, newname);
         self.reply_created(reply, r);
+        self.changed(newparent.0, true);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -447,6 +521,7 @@ impl Filesystem for PlyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _reading = self.reading(ino.0);
         let entries = match self.listing(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
@@ -471,6 +546,7 @@ impl Filesystem for PlyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _reading = self.reading(ino.0);
         let entries = match self.listing(ino.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
@@ -558,6 +634,7 @@ impl Filesystem for PlyFs {
         reply: ReplyEmpty,
     ) {
         empty(reply, self.ov.setxattr(ino.0, name, value, flags));
+        self.changed(ino.0, false);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -580,6 +657,7 @@ impl Filesystem for PlyFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         empty(reply, self.ov.removexattr(ino.0, name));
+        self.changed(ino.0, false);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -637,6 +715,7 @@ impl Filesystem for PlyFs {
                         reply.created(ttl, &a, generation, FileHandle(fh), flags);
                     }
                 }
+                self.changed(parent.0, true);
             }
             Err(e) => reply.error(errno(e)),
         }

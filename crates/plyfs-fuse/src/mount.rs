@@ -95,7 +95,13 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(PlyFs::new(ov.clone(), opts), mountpoint, &config)?;
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let session = Session::new(
+        PlyFs::new(ov.clone(), opts, cell.clone()),
+        mountpoint,
+        &config,
+    )?;
+    let _ = cell.set(session.notifier());
     let notifier = session.notifier();
     ov.set_invalidator(Box::new(move |ino| {
         // Attributes only (a negative offset keeps the page cache).
