@@ -149,6 +149,27 @@ impl Overlay {
         let over_oci = exists(udir.as_fd(), &oci_wh)?;
         let over_whiteout = slot == UpperSlot::Whiteout || over_oci;
 
+        // Where nothing has to be swapped out or marked first, the object
+        // is made right in its upper directory, as the kernel makes it
+        // (and where its inode is allocated near its siblings).
+        if slot == UpperSlot::Empty && !(kind == libc::S_IFDIR && over_whiteout) {
+            self.create_in_place(
+                udir.as_fd(),
+                name,
+                kind,
+                perm,
+                rdev,
+                target,
+                caller.uid,
+                gid,
+            )?;
+            if over_oci {
+                let _ = fs::unlinkat(udir.as_fd(), &oci_wh, false);
+            }
+            let entry = self.entry_for_new(&pnode, &udir, name, false)?;
+            debug!(parent, ?name, ino = entry.ino, "created");
+            return Ok(entry);
+        }
         let tmp = util::temp_name();
         let built = (|| -> Result<()> {
             match kind {
@@ -190,6 +211,70 @@ impl Overlay {
             self.entry_for_new(&pnode, &udir, name, kind == libc::S_IFDIR && over_whiteout)?;
         debug!(parent, ?name, ino = entry.ino, "created");
         Ok(entry)
+    }
+
+    /// Makes `name` in upper directory `udir` with its owner and mode. A
+    /// regular file is built unnamed (O_TMPFILE) and linked in whole; other
+    /// objects appear with no permissions until they have their owner.
+    #[allow(clippy::too_many_arguments)]
+    fn create_in_place(
+        &self,
+        udir: BorrowedFd<'_>,
+        name: &OsStr,
+        kind: u32,
+        perm: u32,
+        rdev: u64,
+        target: Option<&OsStr>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
+        // Root's objects need no chown, so no chmod after it either.
+        let owned = uid == 0 && gid == 0;
+        let first_mode = if owned { perm } else { 0 };
+        if kind == libc::S_IFREG {
+            match fs::openat(
+                udir,
+                OsStr::new("."),
+                libc::O_TMPFILE | libc::O_WRONLY,
+                first_mode,
+            ) {
+                Ok(fd) => {
+                    if !owned {
+                        fs::fchown_open(fd.as_fd(), uid, gid)?;
+                        fs::fchmod(fd.as_fd(), perm)?;
+                    }
+                    return fs::linkat_fd(fd.as_fd(), udir, name);
+                }
+                // Filesystems without O_TMPFILE: create by name below.
+                Err(e) if e == Errno::EOPNOTSUPP || e == Errno::EISDIR || e == Errno::EINVAL => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match kind {
+            libc::S_IFDIR => fs::mkdirat(udir, name, first_mode)?,
+            libc::S_IFREG => drop(fs::openat(
+                udir,
+                name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                first_mode,
+            )?),
+            libc::S_IFLNK => fs::symlinkat(target.ok_or(Errno::EINVAL)?, udir, name)?,
+            _ => fs::mknodat(udir, name, kind | first_mode, rdev)?,
+        }
+        if owned {
+            return Ok(());
+        }
+        let finish = (|| {
+            fs::fchownat(udir, name, uid, gid)?;
+            if kind != libc::S_IFLNK {
+                fs::fchmodat(udir, name, perm)?;
+            }
+            Ok(())
+        })();
+        if finish.is_err() {
+            let _ = fs::unlinkat(udir, name, kind == libc::S_IFDIR);
+        }
+        finish
     }
 
     /// Moves a finished object from the work directory to its name,

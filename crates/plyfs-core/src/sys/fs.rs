@@ -269,6 +269,18 @@ fn proc_fd(fd: BorrowedFd<'_>) -> std::ffi::CString {
     std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
+/// chmod of an open (not `O_PATH`) descriptor.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
+    // SAFETY: valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
+/// chown of an open (not `O_PATH`) descriptor.
+pub fn fchown_open(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: valid fd.
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
+}
+
 /// chmod of the inode an `O_PATH` descriptor refers to.
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
     let p = proc_fd(fd);
