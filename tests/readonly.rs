@@ -364,6 +364,33 @@ fn sigterm_and_sigint_unmount_cleanly() {
     }
 }
 
+#[test]
+fn fusermount3_unmounts_too() {
+    if !require_mount_privileges() {
+        return;
+    }
+    if !Path::new("/usr/bin/fusermount3").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install fuse3 (fusermount3)"
+        );
+        eprintln!("SKIPPED: fusermount3 is not installed");
+        return;
+    }
+    let s = Scratch::new();
+    LayerBuilder::new(s.path("l1")).file("f", "x");
+    let ply = PlyfsMount::new(&lowerdir(&[&s.path("l1")]), &s.path("mnt"));
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&ply.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(wait_gone(ply.pid()), "daemon ends after fusermount3 -u");
+    let err = ply.unmount();
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 fn daemon_pid(mnt: &Path) -> Option<u32> {
     let want = mnt.as_os_str().to_string_lossy().into_owned();
     for e in std::fs::read_dir("/proc").ok()? {

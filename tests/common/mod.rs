@@ -19,7 +19,7 @@ pub const PLYFS: &str = env!("CARGO_BIN_EXE_plyfs");
 /// End-to-end tests need root and /dev/fuse. Without them a developer run
 /// says so and skips; under CI=true it fails, loudly.
 pub fn require_mount_privileges() -> bool {
-    let root = unsafe_free_geteuid() == 0;
+    let root = euid() == 0;
     let fuse = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -38,7 +38,7 @@ pub fn require_mount_privileges() -> bool {
     false
 }
 
-fn unsafe_free_geteuid() -> u32 {
+fn euid() -> u32 {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(u32::MAX)

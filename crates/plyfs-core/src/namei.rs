@@ -367,9 +367,8 @@ impl Overlay {
                     let Some(hit) = listing.first_hit(&name, pos) else {
                         return Ok(out);
                     };
-                    let pdir = &pstate.lowers[hit.pos];
-                    let (layer, pfd) = match pdir {
-                        Real::Dir { layer, fd, .. } => (*layer, fd),
+                    let (layer, pfd) = match pstate.lowers.get(hit.pos) {
+                        Some(Real::Dir { layer, fd, .. }) => (*layer, fd),
                         _ => return Err(Errno::EIO),
                     };
                     match hit.kind {

@@ -222,7 +222,9 @@ impl Overlay {
                 if decided.contains_key(name) || markers::is_reserved_name(name) {
                     continue;
                 }
-                let layer = state.lowers[hit.pos].layer();
+                let Some(layer) = state.lowers.get(hit.pos).map(Real::layer) else {
+                    continue;
+                };
                 let dtype = match hit.kind {
                     EntryKind::Dir => libc::DT_DIR,
                     EntryKind::Other(t) => t,
