@@ -101,7 +101,10 @@ fn init_logging(debug: bool) {
     let filter = if debug {
         EnvFilter::new("debug")
     } else {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"))
+        // fuser warns when the mount it would undo at exit is gone already
+        // (umount ended the session): not worth a line.
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,fuser::session=error"))
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -5,7 +5,7 @@
 //!
 //! PLYFS_CONFORMANCE_CASES sets the number of cases (CI runs the default;
 //! a soak runs thousands). Failures found are kept below as regression
-//! tests, and proptest keeps their seeds in proptest-regressions/.
+//! tests, and proptest keeps their seeds in proptest-regressions/conformance.txt.
 
 mod common;
 
@@ -31,7 +31,9 @@ fn random_sequences_match_the_kernel() {
         cases: cases(),
         max_shrink_iters: 400,
         failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "proptest-regressions/conformance.txt",
+            ),
         )),
         ..Config::default()
     };
@@ -257,5 +259,23 @@ fn regression_hard_link_written_through_open() {
             Read(s("b")),
             Stat(s("b")),
         ],
+    );
+}
+
+/// Found by the tester (a tester artifact): the kernel refuses this
+/// directory move in a userxattr stack (EXDEV) and the tester emulates it
+/// with `cp -a`, which left the copy setgid inside a setgid parent.
+#[test]
+fn regression_emulated_move_into_a_setgid_dir() {
+    replay(
+        Stack {
+            user_ns: true,
+            lowers: vec![
+                vec![(s("b"), Dir { mode: 0o700 }), (s("c"), XDir)],
+                vec![(s("c"), Dir { mode: 0o755 })],
+            ],
+            upper: vec![],
+        },
+        &[Chmod(s("c"), 0o2755), Rename(s("b"), s("c/x"), 0)],
     );
 }

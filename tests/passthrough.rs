@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use common::*;
 
@@ -138,4 +138,33 @@ fn writing_while_the_lower_file_is_open_for_reading() {
         std::fs::read_to_string(ply.mnt.join("small")).unwrap(),
         "lower text + upper!"
     );
+}
+
+#[test]
+fn a_read_only_open_first_does_not_stop_later_writers() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    let ply = setup(&s, "");
+    // An upper file, in passthrough, first opened read-only...
+    std::fs::write(ply.mnt.join("new"), "v1").unwrap();
+    let reader = std::fs::File::open(ply.mnt.join("new")).unwrap();
+    // ...then for writing while the reader still holds it.
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ply.mnt.join("new"))
+        .unwrap();
+    w.write_all(b" v2").unwrap();
+    drop(w);
+    let mut got = String::new();
+    (&reader).read_to_string(&mut got).unwrap();
+    assert_eq!(got, "v1 v2");
+    // O_DIRECT opens work too.
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(ply.mnt.join("data"))
+        .unwrap();
+    drop(direct);
 }

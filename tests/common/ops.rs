@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use plyfs_core::SetTime;
@@ -443,18 +443,29 @@ impl Twin {
                 "emulating {op} on the kernel's mount: {script}"
             );
         };
+        // `cp -a` into a setgid directory leaves the copied directories
+        // setgid, which a rename would not: give them their source's mode.
+        let copy = |from: &Path, to: &Path| {
+            sh(&format!("cp -a '{}' '{}'", from.display(), to.display()));
+            fix_dir_modes(from, to);
+        };
+        let rm = |p: &Path| sh(&format!("rm -rf '{}'", p.display()));
         let (pa, pb) = (m.join(a), m.join(b));
-        let (qa, qb) = (pa.display(), pb.display());
         if *flags & libc::RENAME_EXCHANGE != 0 {
             let tmp = m.join(".xchg");
-            let qt = tmp.display();
-            sh(&format!(
-                "cp -a '{qa}' '{qt}' && rm -rf '{qa}' && cp -a '{qb}' '{qa}' && rm -rf '{qb}' && cp -a '{qt}' '{qb}' && rm -rf '{qt}'"
-            ));
+            copy(&pa, &tmp);
+            rm(&pa);
+            copy(&pb, &pa);
+            rm(&pb);
+            copy(&tmp, &pb);
+            rm(&tmp);
         } else {
             sh(&format!(
-                "(rmdir '{qb}' 2>/dev/null || rm -f '{qb}'; true) && cp -a '{qa}' '{qb}' && rm -rf '{qa}'"
+                "rmdir '{0}' 2>/dev/null || rm -f '{0}'; true",
+                pb.display()
             ));
+            copy(&pa, &pb);
+            rm(&pa);
         }
         self.log.push(format!(
             "  (emulated {op} on the kernel's mount by copy and delete)"
@@ -498,4 +509,21 @@ pub fn walk_xattrs(root: &Path) -> Vec<(PathBuf, Vec<String>)> {
         }
     }
     out
+}
+
+/// Gives every directory under `to` the mode of the same directory under
+/// `from` (a copy of it).
+fn fix_dir_modes(from: &Path, to: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(from) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
+    if let Ok(entries) = std::fs::read_dir(from) {
+        for e in entries.flatten() {
+            fix_dir_modes(&e.path(), &to.join(e.file_name()));
+        }
+    }
 }

@@ -12,8 +12,11 @@ use crate::inode::{Ino, Node};
 use crate::sys::fs;
 use crate::{Overlay, Stat};
 
-/// Flags that only matter when the kernel opens: not passed on.
-const OPEN_ONLY: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC;
+/// Flags that only matter when the kernel opens, or for the caller's own
+/// descriptor (plyfs's buffers are not aligned for O_DIRECT; the kernel
+/// already did the caller's direct I/O): not passed on.
+const OPEN_ONLY: i32 =
+    libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT;
 
 #[derive(Debug)]
 pub struct OpenFile {
@@ -96,6 +99,25 @@ impl OpenFile {
 }
 
 impl Overlay {
+    /// A descriptor of an open file's real file for the kernel to do the
+    /// I/O of every open of it on (FUSE passthrough shares one per inode):
+    /// read-write for an upper file, whatever this open asked for; the
+    /// kernel still checks each open's own mode.
+    pub fn backing_fd(&self, file: &OpenFile) -> Result<OwnedFd> {
+        let real = file
+            .node
+            .state
+            .read()
+            .real()
+            .cloned()
+            .ok_or(Errno::ESTALE)?;
+        if self.layers.is_upper(real.layer()) {
+            real.open(libc::O_RDWR)
+        } else {
+            crate::copy_up::open_lower(&real)
+        }
+    }
+
     /// Flushes a directory's upper to disk (nothing to do for a directory
     /// without one: lowers never change).
     pub fn fsyncdir(&self, ino: Ino, datasync: bool) -> Result<()> {

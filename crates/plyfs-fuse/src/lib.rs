@@ -386,11 +386,13 @@ impl Filesystem for PlyFs {
         match self.ov.open(ino.0, flags.0) {
             Ok(file) => {
                 let fh = self.fh();
-                match self
-                    .passthrough
-                    .answer(ino.0, &file, self.ov.writable(), |fd| {
-                        reply.open_backing(fd)
-                    }) {
+                match self.passthrough.answer(
+                    ino.0,
+                    &file,
+                    self.ov.writable(),
+                    || self.ov.backing_fd(&file),
+                    |fd| reply.open_backing(fd),
+                ) {
                     passthrough::Answer::Passthrough(id) => {
                         // Known before the kernel hears of it: the next
                         // request on it may come at once.
@@ -682,11 +684,13 @@ impl Filesystem for PlyFs {
                     attr(&entry.attr),
                     Generation(entry.generation),
                 );
-                match self
-                    .passthrough
-                    .answer(entry.ino, &file, self.ov.writable(), |fd| {
-                        reply.open_backing(fd)
-                    }) {
+                match self.passthrough.answer(
+                    entry.ino,
+                    &file,
+                    self.ov.writable(),
+                    || self.ov.backing_fd(&file),
+                    |fd| reply.open_backing(fd),
+                ) {
                     passthrough::Answer::Passthrough(id) => {
                         self.files.insert(
                             fh,

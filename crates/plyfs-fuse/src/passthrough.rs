@@ -62,6 +62,7 @@ impl Passthrough {
         ino: u64,
         file: &OpenFile,
         writable: bool,
+        backing: impl FnOnce() -> plyfs_core::Result<std::os::fd::OwnedFd>,
         register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<BackingId>,
     ) -> Answer {
         if !self.enabled() {
@@ -91,17 +92,28 @@ impl Passthrough {
         let answer = if writable && !file.on_upper() {
             cached()
         } else {
-            match file.with_fd(|fd| register(fd).map_err(plyfs_core::Errno::from)) {
-                Ok(id) => Answer::Passthrough(Arc::new(id)),
+            // The kernel keeps its own reference: our descriptor can go.
+            // A real file plyfs cannot open read-write (a read-only file in
+            // a rootless mount, one being executed) is served page-cached;
+            // only the kernel refusing a backing turns passthrough off.
+            match backing() {
                 Err(e) => {
-                    if e == plyfs_core::Errno::EPERM || e == plyfs_core::Errno::EACCES {
-                        info!("FUSE passthrough refused ({e}); file data goes through plyfs");
-                        self.enabled.store(false, Ordering::Relaxed);
-                    } else {
-                        debug!(ino, "no backing for this file ({e})");
-                    }
+                    debug!(ino, "no backing for this file ({e})");
                     cached()
                 }
+                Ok(fd) => match register(std::os::fd::AsFd::as_fd(&fd)) {
+                    Ok(id) => Answer::Passthrough(Arc::new(id)),
+                    Err(e) => {
+                        let e = plyfs_core::Errno::from(e);
+                        if e == plyfs_core::Errno::EPERM || e == plyfs_core::Errno::EACCES {
+                            info!("FUSE passthrough refused ({e}); file data goes through plyfs");
+                            self.enabled.store(false, Ordering::Relaxed);
+                        } else {
+                            debug!(ino, "no backing for this file ({e})");
+                        }
+                        cached()
+                    }
+                },
             }
         };
         let mode = match &answer {
