@@ -279,3 +279,20 @@ fn regression_emulated_move_into_a_setgid_dir() {
         &[Chmod(s("c"), 0o2755), Rename(s("b"), s("c/x"), 0)],
     );
 }
+
+/// Found by the tester: the kernel hides an xattr whiteout from readdir
+/// but will not remove the directory holding it (ENOTEMPTY).
+#[test]
+fn regression_xattr_whiteout_keeps_a_directory_from_rmdir() {
+    replay(
+        Stack {
+            user_ns: false,
+            lowers: vec![
+                vec![(s("a"), XDir), (s("a/x"), Whiteout), (s("a/z"), XWhiteout)],
+                vec![(s("a"), OpaqueDir)],
+            ],
+            upper: vec![],
+        },
+        &[Rmdir(s("a"))],
+    );
+}

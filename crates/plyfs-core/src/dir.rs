@@ -438,7 +438,7 @@ impl Overlay {
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        if self.read_dir_node(&node)?.len() > 2 {
+        if !self.is_empty_dir(&node)? {
             return Err(Errno::ENOTEMPTY);
         }
         self.remove(&pnode, &node, name).map(|()| node.ino)
@@ -560,7 +560,7 @@ impl Overlay {
                 if !old.is_dir() && n.is_dir() {
                     return Err(Errno::EISDIR);
                 }
-                if n.is_dir() && self.read_dir_node(n)?.len() > 2 {
+                if n.is_dir() && !self.is_empty_dir(n)? {
                     return Err(Errno::ENOTEMPTY);
                 }
             }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use dashmap::DashMap;
@@ -277,7 +277,14 @@ impl InoMap {
 #[derive(Debug, Default)]
 pub struct InodeTable {
     nodes: DashMap<Ino, Arc<Node>>,
+    /// Nodes in the table, and the most there were since the heap was
+    /// last trimmed.
+    live: AtomicUsize,
+    peak: AtomicUsize,
 }
+
+/// Below this many nodes a shrinking table is not worth a heap trim.
+const TRIM_FLOOR: usize = 16384;
 
 impl InodeTable {
     pub fn get(&self, ino: Ino) -> Option<Arc<Node>> {
@@ -320,6 +327,7 @@ impl InodeTable {
                 let node = Arc::new(make(0));
                 node.lookups.store(1, Ordering::Relaxed);
                 v.insert(node.clone());
+                self.added();
                 node
             }
         }
@@ -337,6 +345,7 @@ impl InodeTable {
             MapEntry::Vacant(v) => {
                 node.lookups.store(1, Ordering::Relaxed);
                 v.insert(node.clone());
+                self.added();
                 Some(node.clone())
             }
             MapEntry::Occupied(_) => None,
@@ -349,12 +358,42 @@ impl InodeTable {
         if ino == ROOT_INO {
             return;
         }
-        if let MapEntry::Occupied(o) = self.nodes.entry(ino) {
-            let left = o.get().lookups.load(Ordering::Relaxed).saturating_sub(n);
-            o.get().lookups.store(left, Ordering::Relaxed);
-            if left == 0 {
-                o.remove();
+        let removed = match self.nodes.entry(ino) {
+            MapEntry::Occupied(o) => {
+                let left = o.get().lookups.load(Ordering::Relaxed).saturating_sub(n);
+                o.get().lookups.store(left, Ordering::Relaxed);
+                if left == 0 {
+                    o.remove();
+                }
+                left == 0
             }
+            MapEntry::Vacant(_) => false,
+        };
+        if removed {
+            self.removed();
+        }
+    }
+
+    fn added(&self) {
+        let live = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+
+    /// When the kernel has forgotten most of what it once held (memory
+    /// pressure, drop_caches), the table and the heap give the memory back.
+    fn removed(&self) {
+        let live = self.live.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak >= TRIM_FLOOR
+            && live < peak / 2
+            && self
+                .peak
+                .compare_exchange(peak, live, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.nodes.shrink_to_fit();
+            crate::sys::process::trim_heap();
+            tracing::debug!(live, peak, "inode table shrank: heap trimmed");
         }
     }
 

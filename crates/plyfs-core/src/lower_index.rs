@@ -30,6 +30,8 @@ pub const FILE_NAME: &str = "plyfs-lower.index";
 
 /// What a name is in one lower directory, as stored.
 pub const KIND_WHITEOUT: u8 = 0xff;
+/// A whiteout made of a regular file with the `overlay.whiteout` xattr.
+pub const KIND_XWHITEOUT: u8 = 0xfe;
 
 /// One lower directory's entries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -45,7 +47,7 @@ pub struct DirRecord {
     pub entries: Vec<RecEntry>,
 }
 
-/// (name, d_type or KIND_WHITEOUT, d_ino).
+/// (name, d_type or KIND_WHITEOUT/KIND_XWHITEOUT, d_ino).
 pub type RecEntry = (Vec<u8>, u8, u64);
 
 #[derive(Serialize, Deserialize)]
@@ -206,12 +208,13 @@ fn read_layer_dir(dir: BorrowedFd<'_>, xwh: bool) -> Result<(Vec<RecEntry>, bool
             Err(e) if e == Errno::ENOENT => continue,
             Err(e) => return Err(e),
         };
-        let kind =
-            if markers::is_whiteout(&st) || (xwh && is_xwhiteout(dir, OsStr::new(&name), &st)?) {
-                KIND_WHITEOUT
-            } else {
-                crate::readdir::dtype_of(st.st_mode)
-            };
+        let kind = if markers::is_whiteout(&st) {
+            KIND_WHITEOUT
+        } else if xwh && is_xwhiteout(dir, OsStr::new(&name), &st)? {
+            KIND_XWHITEOUT
+        } else {
+            crate::readdir::dtype_of(st.st_mode)
+        };
         out.push((name.as_bytes().to_vec(), kind, ino));
     }
     Ok((out, oci_opaque))

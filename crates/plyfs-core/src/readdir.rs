@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::Overlay;
 use crate::error::{Errno, Result};
 use crate::inode::{Ino, Node, NodeState, Real};
-use crate::lower_index::{KIND_WHITEOUT, LowerIndex};
+use crate::lower_index::{KIND_WHITEOUT, KIND_XWHITEOUT, LowerIndex};
 use crate::markers;
 use crate::sys::fs;
 
@@ -39,6 +39,10 @@ pub struct Hit {
 #[derive(Debug, Default)]
 pub struct LowerListing {
     names: HashMap<OsString, Vec<Hit>>,
+    /// Some lower directory holds an xattr whiteout. The kernel hides it
+    /// from readdir but counts it in the emptiness check of rmdir and of
+    /// rename over a directory, which fail with ENOTEMPTY.
+    xwhiteouts: bool,
 }
 
 impl LowerListing {
@@ -63,6 +67,10 @@ impl LowerListing {
         self.names.len()
     }
 
+    pub fn has_xwhiteouts(&self) -> bool {
+        self.xwhiteouts
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -71,6 +79,7 @@ impl LowerListing {
     /// down to the first one marked opaque in the OCI format.
     pub fn build(lowers: &[Real], index: &LowerIndex) -> Result<LowerListing> {
         let mut names: HashMap<OsString, Vec<Hit>> = HashMap::new();
+        let mut xwhiteouts = false;
         for (pos, real) in lowers.iter().enumerate() {
             let Some(dir) = real.dir_fd() else {
                 return Err(Errno::EIO);
@@ -79,6 +88,10 @@ impl LowerListing {
             for (name, kind, ino) in &rec.entries {
                 let kind = match *kind {
                     KIND_WHITEOUT => EntryKind::Whiteout,
+                    KIND_XWHITEOUT => {
+                        xwhiteouts = true;
+                        EntryKind::Whiteout
+                    }
                     libc::DT_DIR => EntryKind::Dir,
                     t => EntryKind::Other(t),
                 };
@@ -101,7 +114,7 @@ impl LowerListing {
                 break;
             }
         }
-        Ok(LowerListing { names })
+        Ok(LowerListing { names, xwhiteouts })
     }
 }
 
@@ -127,6 +140,19 @@ impl Overlay {
         }
         let built = Arc::new(LowerListing::build(&state.lowers, &self.lower_index)?);
         Ok(node.listing.get_or_init(|| built).clone())
+    }
+
+    /// Whether rmdir, or a rename over it, may remove directory `node`:
+    /// nothing listed, and no xattr whiteout below (the kernel counts them).
+    pub(crate) fn is_empty_dir(&self, node: &Arc<Node>) -> Result<bool> {
+        if self.read_dir_node(node)?.len() > 2 {
+            return Ok(false);
+        }
+        let state = node.state.read().clone();
+        if state.lowers.is_empty() || state.opaque {
+            return Ok(true);
+        }
+        Ok(!self.listing(node, &state)?.has_xwhiteouts())
     }
 
     /// The entries of union directory `ino`, with `.` and `..`.
