@@ -19,6 +19,7 @@ pub mod layers;
 pub mod lower_index;
 pub mod markers;
 pub mod namei;
+mod prefetch;
 pub mod readdir;
 pub mod sys;
 pub mod util;
@@ -69,6 +70,9 @@ pub struct Overlay {
     invalidator: std::sync::OnceLock<Invalidator>,
     /// Entries of lower directories, kept across mounts.
     pub(crate) lower_index: lower_index::LowerIndex,
+    /// Warms the lower filesystems' caches ahead of a tree walk; started
+    /// on first use, so that the binary can still fork after `new`.
+    prefetch: std::sync::OnceLock<Option<prefetch::Prefetcher>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -162,7 +166,14 @@ impl Overlay {
             root_st_ino,
             invalidator: std::sync::OnceLock::new(),
             lower_index,
+            prefetch: std::sync::OnceLock::new(),
         })
+    }
+
+    pub(crate) fn prefetcher(&self) -> Option<&prefetch::Prefetcher> {
+        self.prefetch
+            .get_or_init(prefetch::Prefetcher::start)
+            .as_ref()
     }
 
     /// How many lower directories the index holds (a statistic).

@@ -244,6 +244,7 @@ impl Overlay {
             }
         }
         if !opaque && let Some(listing) = listing {
+            let mut prefetch = self.prefetcher();
             for (name, hit) in listing.visible() {
                 if decided.contains_key(name) || markers::is_reserved_name(name) {
                     continue;
@@ -256,6 +257,13 @@ impl Overlay {
                     EntryKind::Other(t) => t,
                     EntryKind::Whiteout => continue,
                 };
+                if dtype == libc::DT_DIR
+                    && let (Some(p), Some(parent)) =
+                        (prefetch, state.lowers.get(hit.pos).and_then(Real::dir_fd))
+                    && !p.offer(parent, name)
+                {
+                    prefetch = None;
+                }
                 let ino = self.inomap.map(self.layers.get(layer).fsid, hit.ino);
                 out.push(DirEntry {
                     name: name.to_os_string(),
