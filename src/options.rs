@@ -163,6 +163,11 @@ pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
                     "1" => r.fuse.passthrough = true,
                     v => return Err(bad(key, v, "expected 0 or 1")),
                 },
+                "writeback" => match need()? {
+                    "0" => r.fuse.writeback = false,
+                    "1" => r.fuse.writeback = true,
+                    v => return Err(bad(key, v, "expected 0 or 1")),
+                },
                 "threads" => {
                     let v = need()?;
                     let n: usize = v.parse().map_err(|_| bad(key, v, "expected a number"))?;

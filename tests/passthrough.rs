@@ -1,5 +1,6 @@
 //! FUSE passthrough: with the privilege for it, file data goes straight
-//! between the kernel and the layers, never through the daemon.
+//! between the kernel and the layers, never through the daemon. Without
+//! it, the kernel caches writes (writeback cache).
 
 mod common;
 
@@ -8,11 +9,15 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use common::*;
 
-fn daemon_reads(pid: u32) -> u64 {
+fn daemon_io(pid: u32, counter: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("syscr:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| l.strip_prefix(counter).map(|v| v.trim().parse().unwrap()))
         .unwrap()
+}
+
+fn daemon_reads(pid: u32) -> u64 {
+    daemon_io(pid, "syscr:")
 }
 
 fn setup(s: &Scratch, extra: &str) -> PlyfsMount {
@@ -167,4 +172,65 @@ fn a_read_only_open_first_does_not_stop_later_writers() {
         .open(ply.mnt.join("data"))
         .unwrap();
     drop(direct);
+}
+
+/// 4096 one-byte appends, then a partial overwrite through a write-only
+/// open; returns the daemon's write calls for the appends. The kernel asks
+/// for `security.capability` on every write(2) either way (one reply each);
+/// a WRITE request costs two more calls (the reply and the write to the
+/// upper file).
+fn small_writes(ply: &PlyfsMount) -> u64 {
+    let before = daemon_io(ply.pid(), "syscw:");
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ply.mnt.join("small"))
+        .unwrap();
+    for _ in 0..4096 {
+        w.write_all(b"+").unwrap();
+    }
+    drop(w);
+    let writes = daemon_io(ply.pid(), "syscw:") - before;
+    // The kernel fills the rest of the page through this write-only open.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ply.mnt.join("small"))
+        .unwrap()
+        .write_all_at(b"X", 2)
+        .unwrap();
+    let want = format!("loXer text{}", "+".repeat(4096));
+    assert_eq!(
+        std::fs::read_to_string(ply.mnt.join("small")).unwrap(),
+        want
+    );
+    assert_eq!(
+        std::fs::metadata(ply.mnt.join("small")).unwrap().len(),
+        want.len() as u64
+    );
+    writes
+}
+
+#[test]
+fn without_passthrough_the_kernel_caches_writes() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    let ply = setup(&s, ",passthrough=0");
+    let writes = small_writes(&ply);
+    assert!(
+        writes < 4096 + 500,
+        "the daemon made {writes} write calls for 4096 one-byte appends"
+    );
+    // What the kernel cached reached the upper layer.
+    drop(ply);
+    let upper = std::fs::read_to_string(s.path("upper/small")).unwrap();
+    assert_eq!(upper, format!("loXer text{}", "+".repeat(4096)));
+
+    let s = Scratch::new();
+    let ply = setup(&s, ",passthrough=0,writeback=0");
+    let writes = small_writes(&ply);
+    assert!(
+        writes >= 3 * 4096,
+        "only {writes} write calls: writeback=0 not honoured?"
+    );
 }

@@ -403,11 +403,15 @@ fn dir_nlink_only(k: &Outcome, p: &Outcome) -> bool {
     strip(k).is_some() && strip(k) == strip(p)
 }
 
-/// Runs one case; on a difference returns the report.
-pub fn run_case(stack: &Stack, ops: &[Op]) -> Result<(), String> {
-    let opts = if stack.user_ns { "userxattr" } else { "" };
+/// Runs one case, with `extra` added to plyfs's mount options; on a
+/// difference returns the report.
+pub fn run_case(stack: &Stack, ops: &[Op], extra: &str) -> Result<(), String> {
+    let opts: Vec<&str> = [if stack.user_ns { "userxattr" } else { "" }, extra]
+        .into_iter()
+        .filter(|o| !o.is_empty())
+        .collect();
     let n = stack.lowers.len();
-    let mut t = Twin::configured(n, opts, stack.user_ns, |dir, i| {
+    let mut t = Twin::configured(n, &opts.join(","), stack.user_ns, |dir, i| {
         materialize(dir, &stack.lowers[i], stack.user_ns)
     });
     if !stack.upper.is_empty() {

@@ -37,6 +37,9 @@ pub struct FuseOptions {
     pub threads: usize,
     /// Hand open files to the kernel (FUSE passthrough) where allowed.
     pub passthrough: bool,
+    /// Let the kernel cache writes (FUSE writeback cache) when passthrough
+    /// is not in use: the kernel allows one or the other.
+    pub writeback: bool,
 }
 
 impl Default for FuseOptions {
@@ -45,6 +48,7 @@ impl Default for FuseOptions {
             timeout: Duration::from_secs(1_000_000_000),
             threads: default_threads(),
             passthrough: true,
+            writeback: true,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct PlyFs {
     dirs: DashMap<u64, Arc<Vec<DirEntry>>>,
     next_fh: AtomicU64,
     passthrough: passthrough::Passthrough,
+    /// The kernel caches writes (negotiated at init).
+    writeback: bool,
     /// Requests reading attributes or listings, in flight, by inode.
     reading: DashMap<u64, u32>,
     /// Set once the session exists.
@@ -108,8 +114,25 @@ impl PlyFs {
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),
             passthrough: passthrough::Passthrough::new(),
+            writeback: false,
             reading: DashMap::new(),
             notifier,
+        }
+    }
+
+    /// With the writeback cache, the kernel reads the rest of a page around
+    /// a partial write through whichever open wrote, and appends at the end
+    /// of file as it knows it: an open for writing is made read-write, and
+    /// O_APPEND is left to the kernel.
+    fn open_flags(&self, flags: i32) -> i32 {
+        if !self.writeback {
+            return flags;
+        }
+        let flags = flags & !libc::O_APPEND;
+        if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            (flags & !libc::O_ACCMODE) | libc::O_RDWR
+        } else {
+            flags
         }
     }
 
@@ -202,21 +225,32 @@ impl Filesystem for PlyFs {
             | F::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
-        // Passthrough needs CAP_SYS_ADMIN; without it the first open finds
-        // out and plyfs carries on without.
+        // Passthrough needs CAP_SYS_ADMIN over the system; the backing
+        // registration of the first open would fail without it.
         if self.opts.passthrough
             && config.capabilities().contains(F::FUSE_PASSTHROUGH)
+            && plyfs_core::sys::process::has_system_sys_admin()
             && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
             self.passthrough.enable();
+        } else if self.opts.writeback
+            && self.ov.writable()
+            && config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok()
+        {
+            // Safe because only plyfs changes the upper, and only on the
+            // kernel's requests: the sizes and times the kernel keeps while
+            // it caches writes are the true ones.
+            self.writeback = true;
         }
         info!(
-            "FUSE session ready: {supported:?}, passthrough {}",
+            "FUSE session ready: {supported:?}, file data: {}",
             if self.passthrough.enabled() {
-                "on"
+                "passthrough"
+            } else if self.writeback {
+                "through plyfs, writeback cache"
             } else {
-                "off"
+                "through plyfs"
             }
         );
         Ok(())
@@ -383,7 +417,7 @@ impl Filesystem for PlyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.open(ino.0, flags.0) {
+        match self.ov.open(ino.0, self.open_flags(flags.0)) {
             Ok(file) => {
                 let fh = self.fh();
                 match self.passthrough.answer(
@@ -676,6 +710,7 @@ impl Filesystem for PlyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let flags = self.open_flags(flags);
         match self.ov.create(parent.0, name, mode, flags, caller(req)) {
             Ok((entry, file)) => {
                 let fh = self.fh();

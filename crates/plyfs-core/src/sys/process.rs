@@ -105,3 +105,22 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Whether this process holds CAP_SYS_ADMIN over the whole system (in the
+/// initial user namespace), as the kernel demands for FUSE passthrough: the
+/// capability inside a user namespace does not count.
+pub fn has_system_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // The initial namespace maps every id onto itself.
+    let initial_ns = std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    effective & (1 << CAP_SYS_ADMIN) != 0 && initial_ns
+}
