@@ -238,15 +238,7 @@ impl PlyfsMount {
     }
 
     fn take_down(&mut self) -> String {
-        if is_mounted(&self.mnt) {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
+        unmount(&self.mnt);
         let Some(mut child) = self.child.take() else {
             return String::new();
         };
@@ -297,16 +289,30 @@ impl KernelMount {
 
 impl Drop for KernelMount {
     fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
+        unmount(&self.mnt);
     }
+}
+
+/// Unmounts `mnt`, also on failure. Tests run in parallel threads, and a
+/// process another thread is starting holds copies of this thread's
+/// descriptors until it execs, which can make a mount busy for a moment:
+/// retry before detaching it lazily.
+fn unmount(mnt: &Path) {
+    for _ in 0..20 {
+        if !is_mounted(mnt) {
+            return;
+        }
+        let ok = Command::new("umount")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("umount").arg("-l").arg(mnt).status();
 }
 
 /// What a snapshot records of one object.
