@@ -309,3 +309,55 @@ fn regression_xattr_whiteout_keeps_a_directory_from_rmdir() {
         &[Rmdir(s("a"))],
     );
 }
+
+/// Found by the tester (a tester artifact): plyfs exchanges two
+/// directories the kernel will not rename in a userxattr stack (EXDEV),
+/// and the tester's copy-and-delete emulation cannot delete one of them on
+/// the kernel (it holds an xattr whiteout).
+#[test]
+fn regression_exchange_of_a_directory_the_kernel_cannot_delete() {
+    replay(
+        Stack {
+            user_ns: true,
+            lowers: vec![
+                vec![
+                    (
+                        s("b"),
+                        File {
+                            content: 0,
+                            mode: 0o644,
+                            xattr: false,
+                        },
+                    ),
+                    (s("c"), XDir),
+                    (s("c/x"), XWhiteout),
+                    (
+                        s("c/z"),
+                        File {
+                            content: 0,
+                            mode: 0o644,
+                            xattr: false,
+                        },
+                    ),
+                ],
+                vec![(
+                    s("b"),
+                    File {
+                        content: 1,
+                        mode: 0o444,
+                        xattr: true,
+                    },
+                )],
+                vec![(s("c"), Dir { mode: 0o555 })],
+                vec![
+                    (s("a"), Dir { mode: 0o555 }),
+                    (s("a/y"), SymlinkTo { target: 2 }),
+                    (s("b"), Dir { mode: 0o700 }),
+                    (s("b/z"), SymlinkTo { target: 3 }),
+                ],
+            ],
+            upper: vec![],
+        },
+        &[Rename(s("a"), s("c"), 2)],
+    );
+}

@@ -429,47 +429,61 @@ impl Twin {
     }
 
     /// Moves a directory on the kernel's mount the way mv(1) does when
-    /// rename(2) says EXDEV: copy, then delete.
-    pub fn emulate_move_on_kernel(&mut self, op: &Op) {
-        let Op::Rename(a, b, flags) = op else { return };
+    /// rename(2) says EXDEV: copy, then delete. False when the kernel will
+    /// not delete the source (a directory holding an xattr whiteout, which
+    /// it hides from readdir yet counts for rmdir): then the kernel cannot
+    /// be brought to plyfs's state at all.
+    pub fn emulate_move_on_kernel(&mut self, op: &Op) -> bool {
+        let Op::Rename(a, b, flags) = op else {
+            return true;
+        };
         let m = self.kmnt();
         let sh = |script: &str| {
-            let st = std::process::Command::new("sh")
+            std::process::Command::new("sh")
                 .args(["-c", script])
                 .status()
-                .unwrap();
-            assert!(
-                st.success(),
-                "emulating {op} on the kernel's mount: {script}"
-            );
+                .unwrap()
+                .success()
         };
         // `cp -a` into a setgid directory leaves the copied directories
         // setgid, which a rename would not: give them their source's mode.
         let copy = |from: &Path, to: &Path| {
-            sh(&format!("cp -a '{}' '{}'", from.display(), to.display()));
+            let script = format!("cp -a '{}' '{}'", from.display(), to.display());
+            assert!(
+                sh(&script),
+                "emulating {op} on the kernel's mount: {script}"
+            );
             fix_dir_modes(from, to);
         };
-        let rm = |p: &Path| sh(&format!("rm -rf '{}'", p.display()));
+        let rm = |p: &Path| sh(&format!("rm -rf '{}' 2>/dev/null", p.display()));
         let (pa, pb) = (m.join(a), m.join(b));
-        if *flags & libc::RENAME_EXCHANGE != 0 {
+        let done = if *flags & libc::RENAME_EXCHANGE != 0 {
             let tmp = m.join(".xchg");
             copy(&pa, &tmp);
-            rm(&pa);
-            copy(&pb, &pa);
-            rm(&pb);
-            copy(&tmp, &pb);
-            rm(&tmp);
+            rm(&pa) && {
+                copy(&pb, &pa);
+                rm(&pb) && {
+                    copy(&tmp, &pb);
+                    rm(&tmp)
+                }
+            }
         } else {
             sh(&format!(
                 "rmdir '{0}' 2>/dev/null || rm -f '{0}'; true",
                 pb.display()
             ));
             copy(&pa, &pb);
-            rm(&pa);
-        }
+            rm(&pa)
+        };
         self.log.push(format!(
-            "  (emulated {op} on the kernel's mount by copy and delete)"
+            "  (emulated {op} on the kernel's mount by copy and delete{})",
+            if done {
+                ""
+            } else {
+                ": the kernel refused a delete"
+            }
         ));
+        done
     }
 
     /// Checks the inode number of `path` is stable in plyfs across
