@@ -145,11 +145,7 @@ pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
                 "debug" => r.debug = true,
                 "userxattr" => r.config.userxattr = true,
                 "volatile" => r.config.volatile = true,
-                "fsync" => match need()? {
-                    "0" => r.config.volatile = true,
-                    "1" => r.config.volatile = false,
-                    v => return Err(bad(key, v, "expected 0 or 1")),
-                },
+                "fsync" => r.config.volatile = !switch(key, need()?)?,
                 "timeout" => {
                     let v = need()?;
                     let secs: f64 = v.parse().map_err(|_| bad(key, v, "expected seconds"))?;
@@ -158,16 +154,8 @@ pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
                     }
                     r.fuse.timeout = Duration::from_secs_f64(secs);
                 }
-                "passthrough" => match need()? {
-                    "0" => r.fuse.passthrough = false,
-                    "1" => r.fuse.passthrough = true,
-                    v => return Err(bad(key, v, "expected 0 or 1")),
-                },
-                "writeback" => match need()? {
-                    "0" => r.fuse.writeback = false,
-                    "1" => r.fuse.writeback = true,
-                    v => return Err(bad(key, v, "expected 0 or 1")),
-                },
+                "passthrough" => r.fuse.passthrough = switch(key, need()?)?,
+                "writeback" => r.fuse.writeback = switch(key, need()?)?,
                 "threads" => {
                     let v = need()?;
                     let n: usize = v.parse().map_err(|_| bad(key, v, "expected a number"))?;
@@ -200,6 +188,15 @@ fn path(key: &str, v: &str) -> Result<PathBuf, OptionError> {
         return Err(bad(key, v, "the path is empty"));
     }
     Ok(PathBuf::from(v))
+}
+
+/// An on/off option, written 1 or 0.
+fn switch(key: &str, v: &str) -> Result<bool, OptionError> {
+    match v {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(bad(key, v, "expected 0 or 1")),
+    }
 }
 
 fn bad(key: &str, v: &str, why: &'static str) -> OptionError {

@@ -83,12 +83,7 @@ fn gigabyte_copy_up_does_not_pass_through_userspace() {
     drop(f);
     let ply = PlyfsMount::new(&rw_opts(&s), &s.path("mnt"));
     let before = io_counters(ply.pid());
-    let mut a = std::fs::OpenOptions::new()
-        .append(true)
-        .open(ply.mnt.join("big"))
-        .unwrap();
-    a.write_all(b"!").unwrap();
-    drop(a);
+    append(&ply.mnt.join("big"), b"!");
     let after = io_counters(ply.pid());
     let (reads, writes) = (after.0 - before.0, after.1 - before.1);
     // Copying 1 GiB through a buffer would take at least 1024 of each.
@@ -161,12 +156,7 @@ fn enospc_during_copy_up_leaves_the_lower_view_and_a_clean_workdir() {
         );
         assert!(!small_fs.join("u/big").exists());
         // The mount still works for what fits.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(ply.mnt.join("small"))
-            .unwrap()
-            .write_all(b"!")
-            .unwrap();
+        append(&ply.mnt.join("small"), b"!");
         assert_eq!(
             std::fs::read_to_string(ply.mnt.join("small")).unwrap(),
             "fits!"

@@ -113,32 +113,18 @@ fn writing_while_the_lower_file_is_open_for_reading() {
     // A reader holds the lower file (in passthrough).
     let reader = std::fs::File::open(ply.mnt.join("small")).unwrap();
     // A writer opens it: copy-up, and another real file behind the inode.
-    let mut w = std::fs::OpenOptions::new()
-        .append(true)
-        .open(ply.mnt.join("small"))
-        .unwrap();
-    w.write_all(b" + upper").unwrap();
-    drop(w);
-    let mut s1 = String::new();
-    std::fs::File::open(ply.mnt.join("small"))
-        .unwrap()
-        .read_to_string(&mut s1)
-        .unwrap();
-    assert_eq!(s1, "lower text + upper");
+    append(&ply.mnt.join("small"), b" + upper");
+    assert_eq!(
+        std::fs::read_to_string(ply.mnt.join("small")).unwrap(),
+        "lower text + upper"
+    );
     drop(reader);
     // With the reader gone, opens use the copy in passthrough again.
-    let mut s2 = String::new();
-    std::fs::File::open(ply.mnt.join("small"))
-        .unwrap()
-        .read_to_string(&mut s2)
-        .unwrap();
-    assert_eq!(s2, "lower text + upper");
-    let mut w = std::fs::OpenOptions::new()
-        .append(true)
-        .open(ply.mnt.join("small"))
-        .unwrap();
-    w.write_all(b"!").unwrap();
-    drop(w);
+    assert_eq!(
+        std::fs::read_to_string(ply.mnt.join("small")).unwrap(),
+        "lower text + upper"
+    );
+    append(&ply.mnt.join("small"), b"!");
     assert_eq!(
         std::fs::read_to_string(ply.mnt.join("small")).unwrap(),
         "lower text + upper!"
@@ -156,12 +142,7 @@ fn a_read_only_open_first_does_not_stop_later_writers() {
     std::fs::write(ply.mnt.join("new"), "v1").unwrap();
     let reader = std::fs::File::open(ply.mnt.join("new")).unwrap();
     // ...then for writing while the reader still holds it.
-    let mut w = std::fs::OpenOptions::new()
-        .append(true)
-        .open(ply.mnt.join("new"))
-        .unwrap();
-    w.write_all(b" v2").unwrap();
-    drop(w);
+    append(&ply.mnt.join("new"), b" v2");
     let mut got = String::new();
     (&reader).read_to_string(&mut got).unwrap();
     assert_eq!(got, "v1 v2");

@@ -166,6 +166,16 @@ pub fn mknod(p: &Path, mode: u32, dev: u64) {
 }
 
 /// Whether `mp` is a mount point right now.
+/// Appends `data` to the file at `p` (open O_APPEND, write, close).
+pub fn append(p: &Path, data: &[u8]) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(p)
+        .and_then(|mut f| f.write_all(data))
+        .unwrap_or_else(|e| panic!("append to {}: {e}", p.display()));
+}
+
 pub fn is_mounted(mp: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = mp.to_string_lossy().replace(' ', "\\040");

@@ -90,8 +90,8 @@ impl OpenFile {
         fs::fstat(fd.as_fd())
     }
 
-    /// Runs `f` on the current descriptor (for FUSE passthrough and for
-    /// copy_file_range between two handles).
+    /// Runs `f` on the current descriptor (for ftruncate through a handle
+    /// and copy_file_range between two handles).
     pub fn with_fd<T>(&self, f: impl FnOnce(BorrowedFd<'_>) -> Result<T>) -> Result<T> {
         let fd = self.fd()?;
         f(fd.as_fd())

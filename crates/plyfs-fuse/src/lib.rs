@@ -136,6 +136,31 @@ impl PlyFs {
         }
     }
 
+    /// Decides how the kernel does the I/O of a new open of `ino`
+    /// (passthrough or page cache) and records the handle, before the
+    /// kernel hears of it: the next request on it may come at once.
+    fn opened(
+        &self,
+        ino: u64,
+        file: Arc<OpenFile>,
+        register: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> (FileHandle, passthrough::Answer) {
+        let answer = self.passthrough.answer(
+            ino,
+            &file,
+            self.ov.writable(),
+            || self.ov.backing_fd(&file),
+            register,
+        );
+        let backing = match &answer {
+            passthrough::Answer::Passthrough(id) => Some(id.clone()),
+            passthrough::Answer::Plain(_) => None,
+        };
+        let fh = self.fh();
+        self.files.insert(fh, Handle { file, backing });
+        (FileHandle(fh), answer)
+    }
+
     fn reading(&self, ino: u64) -> Reading<'_> {
         *self.reading.entry(ino).or_insert(0) += 1;
         Reading { fs: self, ino }
@@ -418,39 +443,12 @@ impl Filesystem for PlyFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ov.open(ino.0, self.open_flags(flags.0)) {
-            Ok(file) => {
-                let fh = self.fh();
-                match self.passthrough.answer(
-                    ino.0,
-                    &file,
-                    self.ov.writable(),
-                    || self.ov.backing_fd(&file),
-                    |fd| reply.open_backing(fd),
-                ) {
-                    passthrough::Answer::Passthrough(id) => {
-                        // Known before the kernel hears of it: the next
-                        // request on it may come at once.
-                        self.files.insert(
-                            fh,
-                            Handle {
-                                file,
-                                backing: Some(id.clone()),
-                            },
-                        );
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                    }
-                    passthrough::Answer::Plain(flags) => {
-                        self.files.insert(
-                            fh,
-                            Handle {
-                                file,
-                                backing: None,
-                            },
-                        );
-                        reply.opened(FileHandle(fh), flags);
-                    }
+            Ok(file) => match self.opened(ino.0, file, |fd| reply.open_backing(fd)) {
+                (fh, passthrough::Answer::Passthrough(id)) => {
+                    reply.opened_passthrough(fh, FopenFlags::empty(), &id);
                 }
-            }
+                (fh, passthrough::Answer::Plain(flags)) => reply.opened(fh, flags),
+            },
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -716,45 +714,24 @@ impl Filesystem for PlyFs {
         let flags = self.open_flags(flags);
         match self.ov.create(parent.0, name, mode, flags, caller(req)) {
             Ok((entry, file)) => {
-                let fh = self.fh();
                 let (ttl, a, generation) = (
                     &self.opts.timeout,
                     attr(&entry.attr),
                     Generation(entry.generation),
                 );
-                match self.passthrough.answer(
-                    entry.ino,
-                    &file,
-                    self.ov.writable(),
-                    || self.ov.backing_fd(&file),
-                    |fd| reply.open_backing(fd),
-                ) {
-                    passthrough::Answer::Passthrough(id) => {
-                        self.files.insert(
-                            fh,
-                            Handle {
-                                file,
-                                backing: Some(id.clone()),
-                            },
-                        );
+                match self.opened(entry.ino, file, |fd| reply.open_backing(fd)) {
+                    (fh, passthrough::Answer::Passthrough(id)) => {
                         reply.created_passthrough(
                             ttl,
                             &a,
                             generation,
-                            FileHandle(fh),
+                            fh,
                             FopenFlags::empty(),
                             &id,
                         );
                     }
-                    passthrough::Answer::Plain(flags) => {
-                        self.files.insert(
-                            fh,
-                            Handle {
-                                file,
-                                backing: None,
-                            },
-                        );
-                        reply.created(ttl, &a, generation, FileHandle(fh), flags);
+                    (fh, passthrough::Answer::Plain(flags)) => {
+                        reply.created(ttl, &a, generation, fh, flags);
                     }
                 }
                 self.changed(parent.0, true);
