@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use plyfs_core::Overlay;
-use plyfs_core::sys::{fs as sysfs, process};
+use plyfs_sys::{fs as sysfs, process};
 use tracing::{debug, info, warn};
 
 use crate::options::MountRequest;

@@ -28,7 +28,7 @@ struct MountGuard {
 impl Drop for MountGuard {
     fn drop(&mut self) {
         if self.unmounter.unmount().is_err() {
-            let _ = plyfs_core::sys::fs::umount(&self.mountpoint, true);
+            let _ = plyfs_sys::fs::umount(&self.mountpoint, true);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -64,7 +64,7 @@ pub fn run() -> Result<(), Failure> {
         println!("  {name}: {what}");
     }
     println!("\n$ plyfs -o lowerdir=layer3:layer2:layer1,upperdir=upper,workdir=work merged");
-    plyfs_core::sys::fs::umask(0);
+    plyfs_sys::fs::umask(0);
     let overlay = Arc::new(Overlay::new(config).map_err(|e| Failure(format!("demo: {e}")))?);
     let spec = MountSpec {
         fsname: "plyfs-demo".into(),
@@ -152,11 +152,10 @@ fn build_layers(root: &Path) -> Result<(), Failure> {
     // A kernel-format whiteout deletes file3; where mknod is refused,
     // the OCI form does the same.
     let l3 = root.join("layer3");
-    let dir = plyfs_core::sys::fs::open_path(&l3, libc::O_PATH | libc::O_DIRECTORY)
+    let dir = plyfs_sys::fs::open_path(&l3, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| Failure(format!("demo: cannot open layer3: {e}")))?;
     use std::os::fd::AsFd;
-    if plyfs_core::sys::fs::mknodat(dir.as_fd(), std::ffi::OsStr::new("file3"), libc::S_IFCHR, 0)
-        .is_err()
+    if plyfs_sys::fs::mknodat(dir.as_fd(), std::ffi::OsStr::new("file3"), libc::S_IFCHR, 0).is_err()
     {
         write(l3.join(".wh.file3"), String::new())?;
     }

@@ -60,8 +60,7 @@ fn parallel_random_operations_leave_a_consistent_union() {
                     );
                     let strategy = op(true);
                     let root =
-                        plyfs_core::sys::fs::open_path(&mnt, libc::O_PATH | libc::O_DIRECTORY)
-                            .unwrap();
+                        plyfs_sys::fs::open_path(&mnt, libc::O_PATH | libc::O_DIRECTORY).unwrap();
                     let mut inos = Vec::new();
                     for _ in 0..OPS {
                         let o = strategy.new_tree(&mut runner).unwrap().current();

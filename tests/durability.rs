@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::ops::{Op, Twin};
 use common::*;
-use plyfs_core::sys::fs as sys;
+use plyfs_sys::fs as sys;
 
 fn io_counters(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
@@ -201,7 +201,7 @@ fn crash_leftovers_are_cleaned_and_a_killed_copy_up_is_invisible() {
                 .map(|mut f| f.write_all(b"!"));
         });
         std::thread::sleep(std::time::Duration::from_millis(30));
-        plyfs_core::sys::process::kill(ply.pid() as i32, libc::SIGKILL).unwrap();
+        plyfs_sys::process::kill(ply.pid() as i32, libc::SIGKILL).unwrap();
         let _ = writer.join();
         drop(ply);
         let up = s.path("upper/big");

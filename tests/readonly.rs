@@ -288,8 +288,8 @@ fn sparse_files_report_holes() {
     let ply = PlyfsMount::new(&lowerdir(&[&l1]), &s.path("mnt"));
     let file = std::fs::File::open(ply.mnt.join("sparse")).unwrap();
     let fd = std::os::fd::AsFd::as_fd(&file);
-    let data = plyfs_core::sys::fs::lseek(fd, 0, plyfs_core::sys::fs::SEEK_DATA).unwrap();
-    let hole = plyfs_core::sys::fs::lseek(fd, data, plyfs_core::sys::fs::SEEK_HOLE).unwrap();
+    let data = plyfs_sys::fs::lseek(fd, 0, plyfs_sys::fs::SEEK_DATA).unwrap();
+    let hole = plyfs_sys::fs::lseek(fd, data, plyfs_sys::fs::SEEK_HOLE).unwrap();
     assert!(
         (28 << 20..=32 << 20).contains(&data),
         "SEEK_DATA gave {data}"
@@ -356,7 +356,7 @@ fn sigterm_and_sigint_unmount_cleanly() {
         let s = Scratch::new();
         LayerBuilder::new(s.path("l1")).file("f", "x");
         let ply = PlyfsMount::new(&lowerdir(&[&s.path("l1")]), &s.path("mnt"));
-        plyfs_core::sys::process::kill(ply.pid() as i32, sig).unwrap();
+        plyfs_sys::process::kill(ply.pid() as i32, sig).unwrap();
         assert!(wait_gone(ply.pid()), "daemon ends on signal {sig}");
         assert!(!is_mounted(&ply.mnt), "signal {sig} unmounted");
         let err = ply.unmount();

@@ -426,8 +426,8 @@ fn special_files_and_their_other_names() {
     }
     // A 0/0 character device would be a whiteout: refused.
     for m in [t.kmnt(), t.pmnt()] {
-        let parent = plyfs_core::sys::fs::open_path(&m, libc::O_PATH).unwrap();
-        let r = plyfs_core::sys::fs::mknodat(
+        let parent = plyfs_sys::fs::open_path(&m, libc::O_PATH).unwrap();
+        let r = plyfs_sys::fs::mknodat(
             std::os::fd::AsFd::as_fd(&parent),
             std::ffi::OsStr::new("wh"),
             libc::S_IFCHR,

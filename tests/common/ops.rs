@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use plyfs_core::SetTime;
-use plyfs_core::sys::fs as sys;
+use plyfs_sys::fs as sys;
 
 use super::{Compare, KernelMount, PlyfsMount, Scratch, diff_trees, snapshot};
 
@@ -136,19 +136,19 @@ pub fn apply(root: BorrowedFd<'_>, op: &Op, inos: &mut Vec<u64>) -> Outcome {
         )
         .map(|_| "ok".into())
         .map_err(errno),
-        Op::SetXattr(p, n, v, flags) => plyfs_core::sys::xattr::set(root, &o(p), &o(n), v, *flags)
+        Op::SetXattr(p, n, v, flags) => plyfs_sys::xattr::set(root, &o(p), &o(n), v, *flags)
             .map(|_| "ok".into())
             .map_err(errno),
-        Op::RemoveXattr(p, n) => plyfs_core::sys::xattr::remove(root, &o(p), &o(n))
+        Op::RemoveXattr(p, n) => plyfs_sys::xattr::remove(root, &o(p), &o(n))
             .map(|_| "ok".into())
             .map_err(errno),
-        Op::GetXattr(p, n) => plyfs_core::sys::xattr::get_vec(root, &o(p), &o(n))
+        Op::GetXattr(p, n) => plyfs_sys::xattr::get_vec(root, &o(p), &o(n))
             .map_err(errno)?
             .map(|v| String::from_utf8_lossy(&v).into_owned())
             .ok_or(libc::ENODATA),
         Op::ListXattr(p) => {
-            let l = plyfs_core::sys::xattr::list_vec(root, &o(p)).map_err(errno)?;
-            let mut names: Vec<String> = plyfs_core::sys::xattr::split_names(&l)
+            let l = plyfs_sys::xattr::list_vec(root, &o(p)).map_err(errno)?;
+            let mut names: Vec<String> = plyfs_sys::xattr::split_names(&l)
                 .map(|n| n.to_string_lossy().into_owned())
                 .collect();
             names.sort();

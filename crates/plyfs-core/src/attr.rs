@@ -5,8 +5,8 @@ use std::os::fd::AsFd;
 
 use crate::error::{Errno, Result};
 use crate::file::OpenFile;
+use crate::index;
 use crate::inode::{Ino, Node, Real};
-use crate::markers::NlinkBase;
 use crate::sys::fs::{self, SetTime, Stat};
 use crate::{Caller, Overlay};
 
@@ -55,13 +55,10 @@ impl Overlay {
                 st.st_nlink = 1;
             }
         } else if s.indexed
-            && let (Some(_), Some(ls), Some((base, diff))) = (&s.upper, &s.lower_stat, s.nlink)
+            && s.upper.is_some()
+            && let Some(n) = index::indexed_nlink(&s, st.st_nlink)
         {
-            let basis = match base {
-                NlinkBase::Lower => ls.st_nlink as i64,
-                NlinkBase::Upper => st.st_nlink as i64,
-            };
-            st.st_nlink = (basis + diff).max(0) as _;
+            st.st_nlink = n;
         }
         Ok(st)
     }

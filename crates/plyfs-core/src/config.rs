@@ -11,7 +11,7 @@ pub struct Config {
     pub upper: Option<PathBuf>,
     /// Scratch space on the upper's filesystem, for atomic copy-up.
     pub work: Option<PathBuf>,
-    /// Store markers in `user.overlay.*` even when `trusted.*` works, as
+    /// Store markers in the `user.*` namespace even where `trusted.*` works, as
     /// the kernel's `userxattr` option does.
     pub userxattr: bool,
     /// Refuse every change even though an upper is given.

@@ -4,7 +4,7 @@
 //! visible. Data moves with a reflink or `copy_file_range`, hole by hole,
 //! so sparse files stay sparse and no data crosses into userspace.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use tracing::debug;
 use crate::Overlay;
 use crate::error::{Errno, Result};
 use crate::inode::{Node, NodeState, ROOT_INO, Real};
-use crate::markers::{self, Attr, NlinkBase};
+use crate::markers;
 use crate::sys::fs::{self, SetTime, Stat};
 use crate::sys::xattr;
 use crate::util;
@@ -66,80 +66,6 @@ impl Overlay {
         Ok(())
     }
 
-    /// The index entry name for a lower hard link (`None` for anything
-    /// the index does not hold: directories, single links, filesystems
-    /// without file handles, read-only mounts).
-    pub(crate) fn index_name_of(&self, node: &Node) -> Result<Option<OsString>> {
-        if node.is_dir() || self.layers.work.is_none() {
-            return Ok(None);
-        }
-        let s = node.state.read().clone();
-        let (Some(lower), Some(st)) = (s.lowers.first(), s.lower_stat) else {
-            return Ok(None);
-        };
-        if st.st_nlink <= 1 || (s.upper.is_some() && !s.indexed) {
-            return Ok(None);
-        }
-        Ok(self
-            .origin_fh(lower)?
-            .map(|fh| OsString::from(fh.index_name())))
-    }
-
-    /// Copies a lower hard link into the index (or finds it there).
-    pub(crate) fn copy_up_index(&self, node: &Arc<Node>, iname: &OsStr) -> Result<()> {
-        let _guard = node.op_lock.lock();
-        let state = node.state.read().clone();
-        if state.upper.is_some() {
-            return Ok(());
-        }
-        let work = self.layers.work.as_ref().ok_or(Errno::EROFS)?;
-        let lower = state.lowers.first().ok_or(Errno::EIO)?.clone();
-        let lst = match state.lower_stat {
-            Some(st) => st,
-            None => lower.stat()?,
-        };
-        debug!(ino = node.ino, ?iname, "copy-up to the index");
-        if fs::fstatat(work.index.as_fd(), iname).is_err() {
-            let fh = self.origin_fh(&lower)?.ok_or(Errno::EIO)?;
-            let tmp = util::temp_name();
-            let built = self
-                .build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind)
-                .and_then(|()| {
-                    if self.set_origin(work.work.as_fd(), &tmp, &fh)? {
-                        // The union's link count, relative to the lower's:
-                        // right whatever happens to the upper names.
-                        let v = markers::format_nlink(NlinkBase::Lower, 0);
-                        let ns = self.layers.format.ns;
-                        set_marker(work.work.as_fd(), &tmp, ns.name(Attr::Nlink), &v)?;
-                    }
-                    fs::renameat2(
-                        work.work.as_fd(),
-                        &tmp,
-                        work.index.as_fd(),
-                        iname,
-                        fs::RENAME_NOREPLACE,
-                    )
-                });
-            if let Err(e) = built {
-                let _ = util::remove_tree(work.work.as_fd(), &tmp);
-                return Err(e);
-            }
-        }
-        let m = markers::Markers::read(work.index.as_fd(), iname)?;
-        {
-            let mut s = node.state.write();
-            s.upper = Some(Real::At {
-                layer: 0,
-                dir: work.index.clone(),
-                name: Arc::from(iname),
-            });
-            s.indexed = true;
-            s.nlink = m.nlink.as_deref().and_then(markers::parse_nlink);
-        }
-        self.attr_changed(node.ino);
-        Ok(())
-    }
-
     /// Copies one object up as `name` in `parent`, whose upper directory
     /// exists already (hard links go to the index: see `copy_up_index`).
     pub(crate) fn copy_up_at(
@@ -170,7 +96,8 @@ impl Overlay {
             .build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind)
             .and_then(|()| {
                 if let Some(fh) = &fh {
-                    self.set_origin(work.work.as_fd(), &tmp, fh)?;
+                    self.markers()
+                        .set_origin(work.work.as_fd(), &tmp, &fh.encode())?;
                 }
                 fs::renameat2(
                     work.work.as_fd(),
@@ -185,7 +112,7 @@ impl Overlay {
             return Err(e);
         }
         self.set_upper(node, parent, &udir, &state)?;
-        if fh.is_some() && self.layers.format.xattrs && !pstate.impure {
+        if fh.is_some() {
             self.mark_impure(parent)?;
         }
         restore_times(udir.as_fd(), &pst);
@@ -229,7 +156,7 @@ impl Overlay {
     }
 
     /// Builds the copy of `lower` as `tmp` in the work directory.
-    fn build_copy(
+    pub(crate) fn build_copy(
         &self,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
@@ -267,61 +194,24 @@ impl Overlay {
         copy_meta(lower, lst, work, tmp)
     }
 
-    /// Records where a copy came from, when the upper can hold the mark;
-    /// returns whether it did. The origin only keeps inode numbers stable,
-    /// so a filesystem (or namespace: user.* on symlinks) that refuses it
-    /// does not fail the copy-up, as with the kernel.
-    fn set_origin(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        fh: &crate::fh::OriginFh,
-    ) -> Result<bool> {
-        if !self.layers.format.xattrs {
-            return Ok(false);
-        }
-        match set_marker(
-            dir,
-            name,
-            self.layers.format.ns.name(Attr::Origin),
-            &fh.encode(),
-        ) {
-            Ok(()) => Ok(true),
-            Err(e) if e == Errno::EPERM || e == Errno::EOPNOTSUPP => {
-                debug!(?name, "no origin on this copy: {e}");
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Marks an upper directory impure: it holds entries with origins, so
-    /// readdir must look them up for their inode numbers (the kernel reads
-    /// the same mark).
+    /// Marks an upper directory impure (where the format has the mark): it
+    /// holds entries with origins, so readdir must look them up for their
+    /// inode numbers, as the kernel's does.
     pub(crate) fn mark_impure(&self, dir: &Node) -> Result<()> {
-        let udir = dir.state.read().upper_dir().cloned();
-        if let Some(udir) = udir {
-            set_marker(
-                udir.as_fd(),
-                OsStr::new("."),
-                self.layers.format.ns.name(Attr::Impure),
-                b"y",
-            )?;
+        let udir = {
+            let s = dir.state.read();
+            if s.impure {
+                return Ok(());
+            }
+            s.upper_dir().cloned()
+        };
+        if let Some(udir) = udir
+            && self.markers().mark_impure(udir.as_fd())?
+        {
             dir.state.write().impure = true;
         }
         Ok(())
     }
-}
-
-/// Sets an `overlay.*` attribute. Markers are written with our privileges
-/// whatever the modes say.
-pub(crate) fn set_marker(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    attr: &OsStr,
-    value: &[u8],
-) -> Result<()> {
-    xattr::set(dir, name, attr, value, 0)
 }
 
 /// Opens a lower file for reading without touching its access time.

@@ -1,43 +1,23 @@
-//! Changing directories: create, mknod, mkdir, symlink, link, unlink,
-//! rmdir and rename, with the whiteouts, opaque directories and redirects
-//! that keep the lowers hidden or found, as the kernel writes them.
+//! Changing directories: create, mknod, mkdir, symlink, link, unlink and
+//! rmdir, with the whiteouts and opaque directories that keep the lowers
+//! hidden, as the kernel writes them (rename has its own module).
 //!
-//! Every new object is built in the work directory and moved into place
-//! with one rename, so each change is atomic in the union's view.
+//! Each change is atomic in the union's view: an object is made in its
+//! upper directory in one step where nothing stands in its way, else built
+//! in the work directory and swapped into place with one rename.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use tracing::debug;
 
-use crate::copy_up::set_marker;
 use crate::error::{Errno, Result};
-use crate::inode::{Ino, Node, ROOT_INO, Real};
-use crate::markers::{self, Attr, NlinkBase};
-use crate::namei::Found;
-use crate::readdir::EntryKind;
+use crate::inode::{Found, Ino, Node, NodeState, Real};
+use crate::lower_index::EntryKind;
+use crate::markers::{self, UpperSlot};
 use crate::sys::fs;
 use crate::{Caller, Entry, Overlay, util};
-
-/// What a rename moved, and what it replaced (or, with RENAME_EXCHANGE,
-/// moved the other way).
-#[derive(Clone, Copy, Debug)]
-pub struct Renamed {
-    pub moved: Ino,
-    pub replaced: Option<Ino>,
-}
-
-/// What occupies a name in an upper directory.
-#[derive(Debug, PartialEq, Eq)]
-enum UpperSlot {
-    Empty,
-    /// A char 0/0 whiteout.
-    Whiteout,
-    Dir,
-    Other,
-}
 
 impl Overlay {
     pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, caller: Caller) -> Result<Entry> {
@@ -141,12 +121,11 @@ impl Overlay {
         {
             perm &= !libc::S_ISGID;
         }
-        let slot = upper_slot(udir.as_fd(), name)?;
+        let slot = markers::upper_slot(udir.as_fd(), name)?;
         if matches!(slot, UpperSlot::Dir | UpperSlot::Other) {
             return Err(Errno::EEXIST);
         }
-        let oci_wh = markers::oci_whiteout_name(name);
-        let over_oci = exists(udir.as_fd(), &oci_wh)?;
+        let over_oci = markers::has_oci_whiteout(udir.as_fd(), name)?;
         let over_whiteout = slot == UpperSlot::Whiteout || over_oci;
 
         // Where nothing has to be swapped out or marked first, the object
@@ -164,7 +143,7 @@ impl Overlay {
                 gid,
             )?;
             if over_oci {
-                let _ = fs::unlinkat(udir.as_fd(), &oci_wh, false);
+                let _ = self.markers().clear_whiteout(udir.as_fd(), name);
             }
             let entry = self.entry_for_new(&pnode, &udir, name, false)?;
             debug!(parent, ?name, ino = entry.ino, "created");
@@ -190,7 +169,7 @@ impl Overlay {
             // A directory made where a name was deleted must not show the
             // lower directory that was deleted.
             if kind == libc::S_IFDIR && over_whiteout {
-                self.set_opaque(work.as_fd(), &tmp)?;
+                self.markers().set_opaque(work.as_fd(), &tmp)?;
             }
             self.place(
                 work.as_fd(),
@@ -205,7 +184,7 @@ impl Overlay {
             return Err(e);
         }
         if over_oci {
-            let _ = fs::unlinkat(udir.as_fd(), &oci_wh, false);
+            let _ = self.markers().clear_whiteout(udir.as_fd(), name);
         }
         let entry =
             self.entry_for_new(&pnode, &udir, name, kind == libc::S_IFDIR && over_whiteout)?;
@@ -279,7 +258,7 @@ impl Overlay {
 
     /// Moves a finished object from the work directory to its name,
     /// swapping out a whiteout that stood there.
-    fn place(
+    pub(crate) fn place(
         &self,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
@@ -350,27 +329,6 @@ impl Overlay {
         })
     }
 
-    /// Marks a directory in the work directory opaque, in the mount's format.
-    fn set_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        if self.layers.format.xattrs {
-            set_marker(dir, name, self.layers.format.ns.name(Attr::Opaque), b"y")
-        } else {
-            let d = fs::openat(
-                dir,
-                name,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
-            drop(fs::openat(
-                d.as_fd(),
-                OsStr::new(markers::OCI_OPAQUE),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
-                0o600,
-            )?);
-            Ok(())
-        }
-    }
-
     /// Adds the name `newname` in `newparent` for object `ino`.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> Result<Entry> {
         let node = self.node(ino)?;
@@ -383,7 +341,7 @@ impl Overlay {
         self.nlink_start(&node)?;
         let udir = self.upper_dir_of(&pnew)?;
         let work = self.work_fd()?;
-        let slot = upper_slot(udir.as_fd(), newname)?;
+        let slot = markers::upper_slot(udir.as_fd(), newname)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let link_to = |dir: BorrowedFd<'_>, name: &OsStr| -> Result<()> {
             match &upper {
@@ -404,12 +362,8 @@ impl Overlay {
         } else {
             link_to(udir.as_fd(), newname)?;
         }
-        let oci_wh = markers::oci_whiteout_name(newname);
-        if exists(udir.as_fd(), &oci_wh)? {
-            let _ = fs::unlinkat(udir.as_fd(), &oci_wh, false);
-        }
-        let origin = !node.state.read().lowers.is_empty();
-        if origin && self.layers.format.xattrs && !pnew.state.read().impure {
+        let _ = self.markers().clear_whiteout(udir.as_fd(), newname);
+        if !node.state.read().lowers.is_empty() {
             self.mark_impure(&pnew)?;
         }
         pnew.bump_version();
@@ -465,40 +419,16 @@ impl Overlay {
         let whiteout = self.lower_positive(pnode, name)?;
         let udir = self.upper_dir_of(pnode)?;
         let work = self.work_fd()?;
-        let slot = upper_slot(udir.as_fd(), name)?;
+        let slot = markers::upper_slot(udir.as_fd(), name)?;
         let in_upper = matches!(slot, UpperSlot::Dir | UpperSlot::Other);
         if in_upper && !is_dir {
             self.pin_if_named(node, udir.as_fd(), name)?;
         }
-        let format = self.layers.format;
-        if whiteout && format.kernel_whiteouts {
-            if in_upper {
-                let wh = util::temp_name();
-                fs::mknodat(work.as_fd(), &wh, libc::S_IFCHR, 0)?;
-                let flags = if is_dir { fs::RENAME_EXCHANGE } else { 0 };
-                if let Err(e) = fs::renameat2(work.as_fd(), &wh, udir.as_fd(), name, flags) {
-                    let _ = fs::unlinkat(work.as_fd(), &wh, false);
-                    return Err(e);
-                }
-                if is_dir {
-                    // The old directory (whiteouts only) is in work now.
-                    util::remove_tree(work.as_fd(), &wh)?;
-                }
-            } else if slot != UpperSlot::Whiteout {
-                fs::mknodat(udir.as_fd(), name, libc::S_IFCHR, 0)?;
-            }
-        } else {
-            if whiteout {
-                drop(fs::openat(
-                    udir.as_fd(),
-                    &markers::oci_whiteout_name(name),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
-                    0o600,
-                )?);
-            }
-            if in_upper {
-                remove_upper(work.as_fd(), udir.as_fd(), name, is_dir)?;
-            }
+        if whiteout {
+            self.markers()
+                .whiteout(work.as_fd(), udir.as_fd(), name, &slot)?;
+        } else if in_upper {
+            util::remove_upper(work.as_fd(), udir.as_fd(), name, is_dir)?;
         }
         self.nlink_end(node)?;
         {
@@ -512,323 +442,9 @@ impl Overlay {
         Ok(())
     }
 
-    /// Renames `name` in `parent` to `newname` in `newparent`, with
-    /// RENAME_NOREPLACE and RENAME_EXCHANGE. Directories move too, lower
-    /// or merged ones included: a redirect keeps their lower content found.
-    pub fn rename(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        newparent: Ino,
-        newname: &OsStr,
-        flags: u32,
-    ) -> Result<Renamed> {
-        self.check_writable()?;
-        util::check_name(name)?;
-        util::check_name(newname)?;
-        if flags & !(fs::RENAME_NOREPLACE | fs::RENAME_EXCHANGE) != 0
-            || flags == fs::RENAME_NOREPLACE | fs::RENAME_EXCHANGE
-        {
-            return Err(Errno::EINVAL);
-        }
-        if markers::is_reserved_name(newname) {
-            return Err(Errno::EINVAL);
-        }
-        let exchange = flags & fs::RENAME_EXCHANGE != 0;
-        let pold = self.node(parent)?;
-        let pnew = self.node(newparent)?;
-        let old = self.find_node(&pold, name, false)?;
-        let new = match self.find_node(&pnew, newname, false) {
-            Ok(n) => Some(n),
-            Err(e) if e == Errno::ENOENT => None,
-            Err(e) => return Err(e),
-        };
-        match &new {
-            None if exchange => return Err(Errno::ENOENT),
-            Some(_) if flags & fs::RENAME_NOREPLACE != 0 => return Err(Errno::EEXIST),
-            // Two names of one object: POSIX says do nothing.
-            Some(n) if n.ino == old.ino => {
-                return Ok(Renamed {
-                    moved: old.ino,
-                    replaced: None,
-                });
-            }
-            Some(n) if !exchange => {
-                if old.is_dir() && !n.is_dir() {
-                    return Err(Errno::ENOTDIR);
-                }
-                if !old.is_dir() && n.is_dir() {
-                    return Err(Errno::EISDIR);
-                }
-                if n.is_dir() && !self.is_empty_dir(n)? {
-                    return Err(Errno::ENOTEMPTY);
-                }
-            }
-            _ => {}
-        }
-
-        self.copy_up(&pold)?;
-        self.copy_up(&pnew)?;
-        self.alias_up(&old, &pold, name)?;
-        if let Some(n) = &new {
-            if exchange {
-                self.alias_up(n, &pnew, newname)?;
-            } else if self.needs_index(n) {
-                self.alias_up(n, &pnew, newname)?;
-                self.nlink_start(n)?;
-            }
-        }
-        let old_lower = self.lower_positive(&pold, name)?;
-        let samedir = parent == newparent;
-        if old.is_dir() {
-            self.prepare_dir_move(&old, samedir, &pnew)?;
-        }
-        if exchange
-            && let Some(n) = &new
-            && n.is_dir()
-        {
-            self.prepare_dir_move(n, samedir, &pold)?;
-        }
-
-        let old_udir = self.upper_dir_of(&pold)?;
-        let new_udir = self.upper_dir_of(&pnew)?;
-        let work = self.work_fd()?;
-        let format = self.layers.format;
-        let slot = upper_slot(new_udir.as_fd(), newname)?;
-        let mut rflags = 0;
-        let mut drop_whiteout_at_old = false;
-        let mut oci_whiteout_at_old = false;
-        if exchange {
-            rflags = fs::RENAME_EXCHANGE;
-        } else {
-            // An upper directory at the target is empty in the union but
-            // may hold whiteouts: make it really empty first.
-            if slot == UpperSlot::Dir {
-                self.clear_empty_dir(work.as_fd(), new_udir.as_fd(), newname)?;
-            }
-            match slot {
-                UpperSlot::Whiteout if old_lower => rflags = fs::RENAME_EXCHANGE,
-                UpperSlot::Whiteout if old.is_dir() => {
-                    rflags = fs::RENAME_EXCHANGE;
-                    drop_whiteout_at_old = true;
-                }
-                _ if old_lower && format.kernel_whiteouts => rflags = fs::RENAME_WHITEOUT,
-                _ => oci_whiteout_at_old = old_lower,
-            }
-            if let Some(n) = &new
-                && !n.is_dir()
-                && slot == UpperSlot::Other
-            {
-                self.pin_if_named(n, new_udir.as_fd(), newname)?;
-            }
-        }
-        fs::renameat2(old_udir.as_fd(), name, new_udir.as_fd(), newname, rflags)?;
-        if drop_whiteout_at_old {
-            let _ = fs::unlinkat(old_udir.as_fd(), name, false);
-        }
-        if oci_whiteout_at_old {
-            drop(fs::openat(
-                old_udir.as_fd(),
-                &markers::oci_whiteout_name(name),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
-                0o600,
-            )?);
-        }
-        let oci_new = markers::oci_whiteout_name(newname);
-        if !exchange && exists(new_udir.as_fd(), &oci_new)? {
-            let _ = fs::unlinkat(new_udir.as_fd(), &oci_new, false);
-        }
-
-        // Entries that carry an origin or a redirect make their new
-        // directory impure (readdir must look their numbers up).
-        if self.layers.format.xattrs {
-            if self.carries_origin(&old) && !pnew.state.read().impure {
-                self.mark_impure(&pnew)?;
-            }
-            if exchange
-                && let Some(n) = &new
-                && self.carries_origin(n)
-                && !pold.state.read().impure
-            {
-                self.mark_impure(&pold)?;
-            }
-        }
-
-        self.moved(
-            &old,
-            (old_udir.as_fd(), name),
-            newparent,
-            &new_udir,
-            newname,
-        );
-        if let Some(n) = &new {
-            if exchange {
-                self.moved(n, (new_udir.as_fd(), newname), parent, &old_udir, name);
-            } else {
-                self.nlink_end(n)?;
-                let mut s = n.state.write();
-                s.unlinked = n.is_dir() || (!s.indexed && self.real_nlink(&s) == 0);
-            }
-        }
-        for p in [&pold, &pnew] {
-            p.bump_version();
-        }
-        // The names now lead to the nodes that moved: later lookups find
-        // those very nodes, whatever a fresh resolution would make of them.
-        pold.forget_child(name);
-        pnew.set_child(newname, &old);
-        if exchange && let Some(n) = &new {
-            pold.set_child(name, n);
-        }
-        Ok(Renamed {
-            moved: old.ino,
-            replaced: new.map(|n| n.ino),
-        })
-    }
-
-    /// Whether an entry carries an origin or redirect into its directory.
-    fn carries_origin(&self, node: &Node) -> bool {
-        let s = node.state.read();
-        !s.lowers.is_empty() || s.redirect.is_some()
-    }
-
-    /// Updates a node that moved from `old` to `new` (directory, name).
-    fn moved(
-        &self,
-        node: &Node,
-        from: (BorrowedFd<'_>, &OsStr),
-        parent: Ino,
-        udir: &Arc<OwnedFd>,
-        name: &OsStr,
-    ) {
-        let mut s = node.state.write();
-        s.parent = parent;
-        s.name = Arc::from(name);
-        // A non-directory known by the name that moved follows it; one
-        // known by its index entry (a hard link) stays known by that.
-        if let Some(Real::At {
-            layer: 0,
-            dir,
-            name: n,
-        }) = &mut s.upper
-            && **n == *from.1
-            && same_dir(dir.as_fd(), from.0).unwrap_or(false)
-        {
-            *dir = udir.clone();
-            *n = Arc::from(name);
-        }
-    }
-
-    /// A directory about to move keeps finding its lower content: with a
-    /// redirect to where that content is, or, for a directory with none,
-    /// by becoming opaque where a lower might have the new name.
-    fn prepare_dir_move(&self, dir: &Arc<Node>, samedir: bool, new_parent: &Node) -> Result<()> {
-        let s = dir.state.read().clone();
-        let udir = s.upper_dir().ok_or(Errno::EIO)?.clone();
-        if !s.lowers.is_empty() {
-            if let Some(r) = &s.redirect
-                && (samedir || r.first() == Some(&b'/'))
-            {
-                return Ok(());
-            }
-            if !self.layers.format.xattrs {
-                return self.move_by_copy(dir);
-            }
-            let redirect = if samedir {
-                s.name.as_bytes().to_vec()
-            } else {
-                self.absolute_path(dir)?
-            };
-            set_marker(
-                udir.as_fd(),
-                OsStr::new("."),
-                self.layers.format.ns.name(Attr::Redirect),
-                &redirect,
-            )?;
-            dir.state.write().redirect = Some(redirect);
-        } else if !s.opaque && !new_parent.state.read().lowers.is_empty() {
-            self.set_opaque(udir.as_fd(), OsStr::new("."))?;
-            dir.state.write().opaque = true;
-        }
-        Ok(())
-    }
-
-    /// Where a directory's lower content is, from the layer roots: its
-    /// path, with the redirects of its ancestors applied.
-    fn absolute_path(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
-        let mut comps: Vec<Vec<u8>> = Vec::new();
-        let mut cur = node.clone();
-        let mut absolute = false;
-        for _ in 0..libc::PATH_MAX {
-            if cur.ino == ROOT_INO {
-                absolute = true;
-                break;
-            }
-            let s = cur.state.read().clone();
-            match &s.redirect {
-                Some(r) if r.first() == Some(&b'/') => {
-                    comps.push(r[1..].to_vec());
-                    absolute = true;
-                    break;
-                }
-                Some(r) => comps.push(r.clone()),
-                None => comps.push(s.name.as_bytes().to_vec()),
-            }
-            cur = self.node(s.parent)?;
-        }
-        if !absolute {
-            return Err(Errno::ELOOP);
-        }
-        let mut out = Vec::new();
-        for c in comps.iter().rev() {
-            out.push(b'/');
-            out.extend_from_slice(c);
-        }
-        if out.len() >= libc::PATH_MAX as usize {
-            return Err(Errno::ENAMETOOLONG);
-        }
-        Ok(out)
-    }
-
-    /// Without xattrs there are no redirects: a directory with lower
-    /// content moves by copying all of it up and becoming opaque.
-    fn move_by_copy(&self, dir: &Arc<Node>) -> Result<()> {
-        let entries = self.read_dir_node(dir)?;
-        for e in entries.iter().filter(|e| e.name != "." && e.name != "..") {
-            let child = self.find_node(dir, &e.name, false)?;
-            self.copy_up(&child)?;
-            if child.is_dir() {
-                self.move_by_copy(&child)?;
-            }
-        }
-        let udir = dir.state.read().upper_dir().ok_or(Errno::EIO)?.clone();
-        self.set_opaque(udir.as_fd(), OsStr::new("."))?;
-        let mut s = dir.state.write();
-        s.opaque = true;
-        s.lowers = Arc::from(Vec::new());
-        Ok(())
-    }
-
-    /// Replaces an upper directory that is empty in the union's view (it
-    /// holds whiteouts only) with an empty one, so a rename can replace it.
-    fn clear_empty_dir(
-        &self,
-        work: BorrowedFd<'_>,
-        udir: BorrowedFd<'_>,
-        name: &OsStr,
-    ) -> Result<()> {
-        let tmp = util::temp_name();
-        fs::mkdirat(work, &tmp, 0o700)?;
-        if let Err(e) = fs::renameat2(work, &tmp, udir, name, fs::RENAME_EXCHANGE) {
-            let _ = fs::unlinkat(work, &tmp, true);
-            return Err(e);
-        }
-        util::remove_tree(work, &tmp)
-    }
-
     /// Whether a lower layer provides `name` below `dir` (so removing or
     /// moving it away needs a whiteout).
-    fn lower_positive(&self, dir: &Node, name: &OsStr) -> Result<bool> {
+    pub(crate) fn lower_positive(&self, dir: &Node, name: &OsStr) -> Result<bool> {
         let s = dir.state.read().clone();
         if s.lowers.is_empty() || s.opaque {
             return Ok(false);
@@ -839,125 +455,8 @@ impl Overlay {
             .is_some_and(|h| h.kind != EntryKind::Whiteout))
     }
 
-    /// Gives this particular name of `node` an upper entry: a copy-up, or
-    /// for a hard link, a link to its copy in the index.
-    fn alias_up(&self, node: &Arc<Node>, pnode: &Arc<Node>, name: &OsStr) -> Result<()> {
-        self.copy_up(pnode)?;
-        if node.state.read().upper.is_none() {
-            match self.index_name_of(node)? {
-                Some(iname) => self.copy_up_index(node, &iname)?,
-                None => return self.copy_up_at(node, pnode, name),
-            }
-        }
-        if node.is_dir() || !node.state.read().indexed {
-            return Ok(());
-        }
-        let udir = self.upper_dir_of(pnode)?;
-        if exists(udir.as_fd(), name)? {
-            return Ok(());
-        }
-        let iname = self.index_name(node)?.ok_or(Errno::EIO)?;
-        let index = self.layers.work.as_ref().ok_or(Errno::EROFS)?.index.clone();
-        // One more upper name, no more union names: the count kept
-        // relative to the upper inode moves by one.
-        let union = self.union_nlink(node)?;
-        fs::linkat(index.as_fd(), &iname, udir.as_fd(), name)?;
-        self.persist_nlink(node, union)?;
-        if self.layers.format.xattrs && !pnode.state.read().impure {
-            self.mark_impure(pnode)?;
-        }
-        Ok(())
-    }
-
-    /// The index entry name of an indexed node.
-    fn index_name(&self, node: &Node) -> Result<Option<OsString>> {
-        let lower = node.state.read().lowers.first().cloned();
-        match lower {
-            Some(l) => Ok(self
-                .origin_fh(&l)?
-                .map(|fh| OsString::from(fh.index_name()))),
-            None => Ok(None),
-        }
-    }
-
-    /// Lower hard links whose count the union must track in the index.
-    pub(crate) fn needs_index(&self, node: &Node) -> bool {
-        if node.is_dir() || self.layers.work.is_none() {
-            return false;
-        }
-        let s = node.state.read();
-        s.lower_stat.is_some_and(|st| st.st_nlink > 1) && (s.upper.is_none() || s.indexed)
-    }
-
-    /// Before a link count change of an indexed object: store the union's
-    /// count relative to the upper inode's, which the change moves alike.
-    fn nlink_start(&self, node: &Node) -> Result<()> {
-        if !node.state.read().indexed {
-            return Ok(());
-        }
-        let union = self.union_nlink(node)?;
-        self.persist_nlink(node, union)
-    }
-
-    /// Stores the union link count `union` relative to the upper inode's
-    /// current count, on the upper inode (the kernel's "U+n" form).
-    fn persist_nlink(&self, node: &Node, union: i64) -> Result<()> {
-        let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
-        let diff = union - upper.stat()?.st_nlink as i64;
-        let value = markers::format_nlink(NlinkBase::Upper, diff);
-        let attr = self.layers.format.ns.name(Attr::Nlink);
-        let stored = match upper.at() {
-            Some((dir, name)) => set_marker(dir, name, attr, &value),
-            None => {
-                let path = format!("/proc/self/fd/{}", fs::raw(&upper_fd(&upper)?));
-                xattr::set_deref(path, attr, &value).map_err(Errno::from)
-            }
-        };
-        match stored {
-            // Where the upper cannot hold it (user.* on a symlink), the
-            // count is kept for the life of the mount only.
-            Ok(()) => {}
-            Err(e) if e == Errno::EPERM || e == Errno::EOPNOTSUPP => {}
-            Err(e) => return Err(e),
-        }
-        node.state.write().nlink = Some((NlinkBase::Upper, diff));
-        Ok(())
-    }
-
-    /// After it: an indexed object with no name left drops its index entry.
-    fn nlink_end(&self, node: &Node) -> Result<()> {
-        if !node.state.read().indexed || self.union_nlink(node)? > 0 {
-            return Ok(());
-        }
-        if let Some(iname) = self.index_name(node)?
-            && let Some(w) = &self.layers.work
-        {
-            let upper = node.state.read().upper.clone();
-            if let Some(u) = upper {
-                let pinned = u.pin()?;
-                node.state.write().upper = Some(pinned);
-            }
-            let _ = fs::unlinkat(w.index.as_fd(), &iname, false);
-            node.state.write().unlinked = true;
-        }
-        Ok(())
-    }
-
-    /// The union link count of an indexed node (0 when all names are gone).
-    fn union_nlink(&self, node: &Node) -> Result<i64> {
-        let s = node.state.read().clone();
-        let (Some(u), Some(ls), Some((base, diff))) = (&s.upper, &s.lower_stat, s.nlink) else {
-            return Ok(1);
-        };
-        let basis = match base {
-            NlinkBase::Lower => ls.st_nlink as i64,
-            NlinkBase::Upper => u.stat()?.st_nlink as i64,
-        };
-        Ok(basis + diff)
-    }
-
     /// Link count of the real object behind a node.
-    fn real_nlink(&self, s: &crate::inode::NodeState) -> u64 {
+    pub(crate) fn real_nlink(&self, s: &NodeState) -> u64 {
         s.real()
             .and_then(|r| r.stat().ok())
             .map_or(0, |st| st.st_nlink)
@@ -965,11 +464,16 @@ impl Overlay {
 
     /// Keeps `node` reachable if its upper is known only by `name` in
     /// `udir`, which is about to go away.
-    fn pin_if_named(&self, node: &Node, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    pub(crate) fn pin_if_named(
+        &self,
+        node: &Node,
+        udir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<()> {
         let upper = node.state.read().upper.clone();
         if let Some(Real::At { dir, name: n, .. }) = &upper
             && **n == *name
-            && same_dir(dir.as_fd(), udir)?
+            && util::same_dir(dir.as_fd(), udir)?
             && let Some(u) = &upper
         {
             let pinned = u.pin()?;
@@ -985,53 +489,4 @@ impl Overlay {
     pub(crate) fn work_fd(&self) -> Result<Arc<OwnedFd>> {
         Ok(self.layers.work.as_ref().ok_or(Errno::EROFS)?.work.clone())
     }
-}
-
-fn upper_fd(real: &Real) -> Result<BorrowedFd<'_>> {
-    match real {
-        Real::Pinned { fd, .. } => Ok(fd.as_fd()),
-        _ => Err(Errno::EIO),
-    }
-}
-
-fn upper_slot(udir: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
-    match fs::fstatat(udir, name) {
-        Ok(st) if markers::is_whiteout(&st) => Ok(UpperSlot::Whiteout),
-        Ok(st) if util::is_dir(st.st_mode) => Ok(UpperSlot::Dir),
-        Ok(_) => Ok(UpperSlot::Other),
-        Err(e) if e == Errno::ENOENT => Ok(UpperSlot::Empty),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes an upper entry that no lower needs hidden.
-fn remove_upper(
-    work: BorrowedFd<'_>,
-    udir: BorrowedFd<'_>,
-    name: &OsStr,
-    is_dir: bool,
-) -> Result<()> {
-    match fs::unlinkat(udir, name, is_dir) {
-        // A directory empty in the union may still hold whiteouts: move it
-        // out of sight in one step, then clear it.
-        Err(e) if is_dir && (e == Errno::ENOTEMPTY || e == Errno::EEXIST) => {
-            let tmp = util::temp_name();
-            fs::renameat2(udir, name, work, &tmp, fs::RENAME_NOREPLACE)?;
-            util::remove_tree(work, &tmp)
-        }
-        r => r,
-    }
-}
-
-fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-    match fs::fstatat(dir, name) {
-        Ok(_) => Ok(true),
-        Err(e) if e == Errno::ENOENT || e == Errno::ENAMETOOLONG => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn same_dir(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> Result<bool> {
-    let (x, y) = (fs::fstat(a)?, fs::fstat(b)?);
-    Ok(x.st_dev == y.st_dev && x.st_ino == y.st_ino)
 }

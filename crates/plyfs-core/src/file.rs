@@ -66,14 +66,6 @@ impl OpenFile {
         fs::pwrite(fd.as_fd(), data, offset)
     }
 
-    pub fn fsync(&self, datasync: bool, volatile: bool) -> Result<()> {
-        if volatile || !self.on_upper() {
-            return Ok(());
-        }
-        let fd = self.fd()?;
-        fs::fsync(fd.as_fd(), datasync)
-    }
-
     pub fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Result<()> {
         // Only the modes the upper filesystem knows; others say so.
         let fd = self.fd()?;
@@ -116,6 +108,29 @@ impl Overlay {
         } else {
             crate::copy_up::open_lower(&real)
         }
+    }
+
+    /// Flushes an open file's data to disk: nothing to do for a lower file
+    /// (lowers never change) or in a volatile mount.
+    pub fn fsync(&self, file: &OpenFile, datasync: bool) -> Result<()> {
+        if self.config.volatile || !file.on_upper() {
+            return Ok(());
+        }
+        file.with_fd(|fd| fs::fsync(fd, datasync))
+    }
+
+    /// Copies `len` bytes between two open files in the kernel (a reflink
+    /// where the upper's filesystem shares extents); returns how many.
+    pub fn copy_file_range(
+        &self,
+        src: &OpenFile,
+        src_offset: u64,
+        dst: &OpenFile,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<usize> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        src.with_fd(|s| dst.with_fd(|d| fs::copy_file_range(s, src_offset, d, dst_offset, len)))
     }
 
     /// Flushes a directory's upper to disk (nothing to do for a directory

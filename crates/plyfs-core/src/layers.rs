@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::error::{Errno, SetupError};
-use crate::markers::{Attr, XattrNs};
+use crate::markers;
 use crate::sys::{fs, handle};
 use crate::util;
 
@@ -19,7 +19,7 @@ use crate::util;
 pub type LayerIdx = u16;
 
 #[derive(Debug)]
-pub struct Layer {
+pub(crate) struct Layer {
     pub path: PathBuf,
     /// `O_PATH` descriptor of the layer root.
     pub root: Arc<OwnedFd>,
@@ -28,7 +28,7 @@ pub struct Layer {
     /// Which of the mount's distinct filesystems the layer is on; 0 is the
     /// upper's (or, read-only, the top lower's).
     pub fsid: u16,
-    /// UUID of that filesystem, for matching `overlay.origin` handles.
+    /// UUID of that filesystem, for matching origin file handles.
     pub uuid: Option<[u8; 16]>,
     pub is_upper: bool,
 }
@@ -36,29 +36,19 @@ pub struct Layer {
 /// The work directory: `work/` for objects under construction, `index/`
 /// for hard-linked copies, laid out as the kernel lays them out.
 #[derive(Debug)]
-pub struct Workdir {
+pub(crate) struct Workdir {
     pub path: PathBuf,
     pub work: Arc<OwnedFd>,
     pub index: Arc<OwnedFd>,
 }
 
-/// How this mount writes markers into the upper layer.
-#[derive(Clone, Copy, Debug)]
-pub struct WriteFormat {
-    pub ns: XattrNs,
-    /// Whiteouts as char 0/0 devices (else `.wh.NAME` files).
-    pub kernel_whiteouts: bool,
-    /// Whether `ns` attributes can be set at all (else opaque dirs get the
-    /// OCI marker file and redirects are unavailable).
-    pub xattrs: bool,
-}
-
 #[derive(Debug)]
-pub struct Layers {
+pub(crate) struct Layers {
     pub all: Vec<Layer>,
     pub first_lower: usize,
     pub work: Option<Workdir>,
-    pub format: WriteFormat,
+    /// The marker format this mount writes.
+    pub markers: markers::Writer,
     /// Number of distinct filesystems among the layers.
     pub nfs: usize,
 }
@@ -150,40 +140,18 @@ impl Layers {
             }
         };
 
-        let format = match &work {
-            Some(w) if !config.read_only => probe_format(w, config.userxattr),
-            _ => WriteFormat {
-                ns: if config.userxattr {
-                    XattrNs::User
-                } else {
-                    XattrNs::Trusted
-                },
-                kernel_whiteouts: true,
-                xattrs: false,
-            },
-        };
-        debug!(
-            "upper format: {} markers, {} whiteouts, xattrs {}",
-            match format.ns {
-                XattrNs::Trusted => "trusted.overlay.*",
-                XattrNs::User => "user.overlay.*",
-            },
-            if format.kernel_whiteouts {
-                "char 0/0"
-            } else {
-                "OCI .wh."
-            },
-            if format.xattrs {
-                "settable"
-            } else {
-                "unavailable"
+        let markers = match &work {
+            Some(w) if !config.read_only => {
+                markers::Writer::probe(w.work.as_fd(), config.userxattr)
             }
-        );
+            _ => markers::Writer::read_only(config.userxattr),
+        };
+        debug!("upper format: {}", markers.describe());
         Ok(Layers {
             all,
             first_lower,
             work,
-            format,
+            markers,
             nfs: devs.len(),
         })
     }
@@ -374,38 +342,4 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
         work,
         index,
     })
-}
-
-/// Finds out what the upper's filesystem and our privileges allow.
-fn probe_format(w: &Workdir, userxattr: bool) -> WriteFormat {
-    let work = w.work.as_fd();
-    let wh = util::temp_name();
-    let kernel_whiteouts = fs::mknodat(work, &wh, libc::S_IFCHR, 0).is_ok();
-    let _ = fs::unlinkat(work, &wh, false);
-
-    let d = util::temp_name();
-    let mut ns = None;
-    if fs::mkdirat(work, &d, 0o700).is_ok() {
-        let candidates: &[XattrNs] = if userxattr {
-            &[XattrNs::User]
-        } else {
-            &[XattrNs::Trusted, XattrNs::User]
-        };
-        for &c in candidates {
-            if crate::sys::xattr::set(work, &d, c.name(Attr::Opaque), b"y", 0).is_ok() {
-                ns = Some(c);
-                break;
-            }
-        }
-        let _ = fs::unlinkat(work, &d, true);
-    }
-    WriteFormat {
-        ns: ns.unwrap_or(if userxattr {
-            XattrNs::User
-        } else {
-            XattrNs::Trusted
-        }),
-        kernel_whiteouts,
-        xattrs: ns.is_some(),
-    }
 }

@@ -7,32 +7,39 @@
 //! descriptors with `*at()` calls and never follows a symlink inside a
 //! layer.
 
-pub mod attr;
-pub mod config;
-pub mod copy_up;
-pub mod dir;
-pub mod error;
-pub mod fh;
-pub mod file;
-pub mod inode;
-pub mod layers;
-pub mod lower_index;
-pub mod markers;
-pub mod namei;
+mod attr;
+mod config;
+mod copy_up;
+mod dir;
+mod error;
+mod file;
+mod index;
+mod inode;
+mod layers;
+mod lower_index;
+mod markers;
+mod namei;
 mod prefetch;
-pub mod readdir;
-pub mod sys;
-pub mod util;
-pub mod xattrs;
+pub mod process;
+mod readdir;
+mod rename;
+mod util;
+mod xattrs;
 
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use plyfs_sys as sys;
+
+pub use attr::SetAttr;
 pub use config::Config;
 pub use error::{Errno, Result, SetupError};
+pub use file::OpenFile;
 pub use inode::{Ino, ROOT_INO};
+pub use lower_index::FILE_NAME as LOWER_INDEX_FILE;
 pub use readdir::DirEntry;
+pub use rename::Renamed;
 pub use sys::fs::{SetTime, Stat, StatVfs};
 
 use inode::{InoMap, InodeTable, Node, NodeState, Real};
@@ -204,6 +211,11 @@ impl Overlay {
     /// The union can be written to.
     pub fn writable(&self) -> bool {
         self.config.writable()
+    }
+
+    /// The writer of the marker format this mount uses.
+    pub(crate) fn markers(&self) -> &markers::Writer {
+        &self.layers.markers
     }
 
     pub(crate) fn node(&self, ino: Ino) -> Result<Arc<Node>> {

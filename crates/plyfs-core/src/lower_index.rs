@@ -1,4 +1,5 @@
-//! The lower index: the entries of each lower layer directory, read once.
+//! The lower index: the entries of each lower layer directory, read once,
+//! and the merged listing of a union directory's lowers built from them.
 //!
 //! Lowers never change under a mount, so a directory read once need not be
 //! read again; the records are also saved next to the work directory when
@@ -7,9 +8,10 @@
 //! change to its entries moves both times), and the whole file only for
 //! the very same lower layers: it is rebuilt rather than trusted.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::error::{Errno, Result};
-use crate::markers;
-use crate::namei::is_xwhiteout;
+use crate::markers::{self, Kind};
 use crate::sys::fs;
 
 /// Bumped whenever the format or its meaning changes.
@@ -28,27 +29,27 @@ const VERSION: u32 = 1;
 /// The file's name in the work directory.
 pub const FILE_NAME: &str = "plyfs-lower.index";
 
-/// What a name is in one lower directory, as stored.
-pub const KIND_WHITEOUT: u8 = 0xff;
-/// A whiteout made of a regular file with the `overlay.whiteout` xattr.
-pub const KIND_XWHITEOUT: u8 = 0xfe;
+/// What a name is in one lower directory, as stored: a `d_type`, or one
+/// of these.
+const KIND_WHITEOUT: u8 = 0xff;
+const KIND_XWHITEOUT: u8 = 0xfe;
 
 /// One lower directory's entries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DirRecord {
+struct DirRecord {
     layer: u16,
     dev: u64,
     ino: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
     /// The directory holds the OCI opaque marker.
-    pub oci_opaque: bool,
+    oci_opaque: bool,
     /// OCI whiteouts appear under the name they hide.
-    pub entries: Vec<RecEntry>,
+    entries: Vec<RecEntry>,
 }
 
 /// (name, d_type or KIND_WHITEOUT/KIND_XWHITEOUT, d_ino).
-pub type RecEntry = (Vec<u8>, u8, u64);
+type RecEntry = (Vec<u8>, u8, u64);
 
 #[derive(Serialize, Deserialize)]
 struct IndexFile {
@@ -140,7 +141,7 @@ impl LowerIndex {
 
     /// The entries of lower directory `dir` of layer `layer`.
     /// `xwhiteouts`: it is marked as holding xattr whiteouts.
-    pub fn dir(&self, layer: u16, dir: BorrowedFd<'_>, xwhiteouts: bool) -> Result<Arc<DirRecord>> {
+    fn dir(&self, layer: u16, dir: BorrowedFd<'_>, xwhiteouts: bool) -> Result<Arc<DirRecord>> {
         let st = fs::fstat(dir)?;
         let key = (layer, st.st_dev, st.st_ino);
         let (mtime, ctime) = (
@@ -153,14 +154,26 @@ impl LowerIndex {
         {
             return Ok(r.clone());
         }
-        let (entries, oci_opaque) = read_layer_dir(dir, xwhiteouts)?;
+        let read = markers::read_layer_dir(dir, xwhiteouts)?;
+        let entries = read
+            .entries
+            .into_iter()
+            .map(|(name, kind, ino)| {
+                let kind = match kind {
+                    Kind::Whiteout => KIND_WHITEOUT,
+                    Kind::XWhiteout => KIND_XWHITEOUT,
+                    Kind::Object(t) => t,
+                };
+                (name.into_vec(), kind, ino)
+            })
+            .collect();
         let rec = Arc::new(DirRecord {
             layer,
             dev: st.st_dev,
             ino: st.st_ino,
             mtime,
             ctime,
-            oci_opaque,
+            oci_opaque: read.oci_opaque,
             entries,
         });
         // Whether an empty file is an xattr whiteout does not show in its
@@ -175,47 +188,100 @@ impl LowerIndex {
     pub fn len(&self) -> usize {
         self.dirs.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty()
-    }
 }
 
-/// Reads one lower directory: every entry with what it is, markers turned
-/// into the names they hide.
-fn read_layer_dir(dir: BorrowedFd<'_>, xwh: bool) -> Result<(Vec<RecEntry>, bool)> {
-    let mut out = Vec::new();
-    let mut oci_opaque = false;
-    // Entries whose kind d_type alone does not tell.
-    let mut unsure: Vec<(OsString, u64)> = Vec::new();
-    fs::read_dir(dir.as_fd(), |e| {
-        if e.name == markers::OCI_OPAQUE {
-            oci_opaque = true;
-        } else if let Some(target) = markers::oci_whiteout_target(e.name) {
-            out.push((target.as_bytes().to_vec(), KIND_WHITEOUT, 0));
-        } else if e.dtype == libc::DT_CHR
-            || e.dtype == libc::DT_UNKNOWN
-            || (e.dtype == libc::DT_REG && xwh)
-        {
-            unsure.push((e.name.to_os_string(), e.ino));
-        } else {
-            out.push((e.name.as_bytes().to_vec(), e.dtype, e.ino));
-        }
-    })?;
-    for (name, ino) in unsure {
-        let st = match fs::fstatat(dir, &name) {
-            Ok(st) => st,
-            Err(e) if e == Errno::ENOENT => continue,
-            Err(e) => return Err(e),
-        };
-        let kind = if markers::is_whiteout(&st) {
-            KIND_WHITEOUT
-        } else if xwh && is_xwhiteout(dir, OsStr::new(&name), &st)? {
-            KIND_XWHITEOUT
-        } else {
-            crate::readdir::dtype_of(st.st_mode)
-        };
-        out.push((name.as_bytes().to_vec(), kind, ino));
+/// What a name is in one lower directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Whiteout,
+    Dir,
+    /// Anything else, with its `d_type`.
+    Other(u8),
+}
+
+/// A name found in one layer of a directory's lower stack.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hit {
+    /// Position in the directory's lower stack (0 = top-most lower).
+    pub pos: usize,
+    pub kind: EntryKind,
+    /// The real inode number (`d_ino`) in that layer.
+    pub ino: u64,
+}
+
+/// Every name in a directory's lower layers, each with the layers that have
+/// it, top-most first. One hash probe answers "which layers have NAME".
+#[derive(Debug, Default)]
+pub(crate) struct LowerListing {
+    names: HashMap<OsString, Vec<Hit>>,
+    /// Some lower directory holds an xattr whiteout. The kernel hides it
+    /// from readdir but counts it in the emptiness check of rmdir and of
+    /// rename over a directory, which fail with ENOTEMPTY.
+    xwhiteouts: bool,
+}
+
+impl LowerListing {
+    /// The first layer at or below stack position `from` that has `name`.
+    pub fn first_hit(&self, name: &OsStr, from: usize) -> Option<Hit> {
+        self.names
+            .get(name)?
+            .iter()
+            .find(|h| h.pos >= from)
+            .copied()
     }
-    Ok((out, oci_opaque))
+
+    /// Names visible from the lowers and what they resolve to.
+    pub fn visible(&self) -> impl Iterator<Item = (&OsStr, Hit)> {
+        self.names.iter().filter_map(|(n, hits)| {
+            let h = *hits.first()?;
+            (h.kind != EntryKind::Whiteout).then_some((n.as_os_str(), h))
+        })
+    }
+
+    pub fn has_xwhiteouts(&self) -> bool {
+        self.xwhiteouts
+    }
+
+    /// Merges the lower directories of a union directory, top-most first,
+    /// down to the first one marked opaque in the OCI format. Each is
+    /// given as (layer, directory, marked as holding xattr whiteouts).
+    pub fn build<'a>(
+        lowers: impl Iterator<Item = (u16, BorrowedFd<'a>, bool)>,
+        index: &LowerIndex,
+    ) -> Result<LowerListing> {
+        let mut names: HashMap<OsString, Vec<Hit>> = HashMap::new();
+        let mut xwhiteouts = false;
+        for (pos, (layer, dir, marked)) in lowers.enumerate() {
+            let rec = index.dir(layer, dir, marked)?;
+            for (name, kind, ino) in &rec.entries {
+                let kind = match *kind {
+                    KIND_WHITEOUT => EntryKind::Whiteout,
+                    KIND_XWHITEOUT => {
+                        xwhiteouts = true;
+                        EntryKind::Whiteout
+                    }
+                    libc::DT_DIR => EntryKind::Dir,
+                    t => EntryKind::Other(t),
+                };
+                let hit = Hit {
+                    pos,
+                    kind,
+                    ino: *ino,
+                };
+                let hits = names.entry(OsString::from_vec(name.clone())).or_default();
+                // Within one layer a real entry comes before its whiteout
+                // (an OCI layer may re-create what it deletes below).
+                match hits.last() {
+                    Some(last) if last.pos == pos && kind != EntryKind::Whiteout => {
+                        hits.insert(hits.len() - 1, hit)
+                    }
+                    _ => hits.push(hit),
+                }
+            }
+            if rec.oci_opaque {
+                break;
+            }
+        }
+        Ok(LowerListing { names, xwhiteouts })
+    }
 }

@@ -14,29 +14,12 @@ use std::sync::atomic::Ordering;
 
 use crate::Overlay;
 use crate::error::{Errno, Result};
-use crate::fh::OriginFh;
-use crate::inode::{Child, Ino, Node, NodeState, Real};
+use crate::inode::{Child, Found, Ino, Node, NodeState, Real};
 use crate::layers::LayerIdx;
-use crate::markers::{self, Markers, NlinkBase, Redirect};
-use crate::readdir::EntryKind;
+use crate::lower_index::EntryKind;
+use crate::markers::{self, Markers, Redirect};
 use crate::sys::fs::{self, Stat};
-use crate::sys::handle;
 use crate::util;
-
-/// What a name resolves to, before it becomes a node.
-#[derive(Debug)]
-pub(crate) struct Found {
-    pub kind: u32,
-    pub upper: Option<Real>,
-    pub upper_stat: Option<Stat>,
-    pub lowers: Vec<Real>,
-    pub lower_stat: Option<Stat>,
-    pub opaque: bool,
-    pub redirect: Option<Vec<u8>>,
-    pub impure: bool,
-    pub indexed: bool,
-    pub nlink: Option<(NlinkBase, i64)>,
-}
 
 /// Where lookup in the lower layers continues.
 enum Cursor {
@@ -147,76 +130,6 @@ impl Overlay {
         Ok(self.ino_of(&found))
     }
 
-    /// Makes (or finds) the node for a resolved object.
-    pub(crate) fn node_from(
-        &self,
-        found: Found,
-        parent: Ino,
-        name: &OsStr,
-        count: bool,
-    ) -> Arc<Node> {
-        let ino = self.ino_of(&found);
-        let kind = found.kind;
-        let name: Arc<OsStr> = Arc::from(name);
-        let make = |generation| {
-            Node::new(
-                ino,
-                generation,
-                kind,
-                NodeState {
-                    parent,
-                    name: name.clone(),
-                    upper: found.upper.clone(),
-                    lowers: found.lowers.clone().into(),
-                    lower_stat: found.lower_stat,
-                    redirect: found.redirect.clone(),
-                    impure: found.impure,
-                    opaque: found.opaque,
-                    indexed: found.indexed,
-                    nlink: found.nlink,
-                    unlinked: false,
-                },
-            )
-        };
-        let node = if count {
-            self.inodes.lookup_or_insert(ino, kind, make)
-        } else {
-            match self.inodes.get(ino) {
-                Some(n) if n.kind == kind => n,
-                _ => Arc::new(make(0)),
-            }
-        };
-        // Remember the latest name: copy-up recreates this path.
-        {
-            let mut s = node.state.write();
-            if s.parent != parent || *s.name != *name {
-                s.parent = parent;
-                s.name = name;
-            }
-        }
-        node
-    }
-
-    /// The number the mount reports for a resolved object.
-    pub(crate) fn ino_of(&self, f: &Found) -> Ino {
-        let layer_fsid = |r: &Real| self.layers.get(r.layer()).fsid;
-        let from_lower = match (&f.upper, f.lowers.first(), &f.lower_stat) {
-            (_, Some(l), Some(ls)) if f.kind == libc::S_IFDIR => Some((layer_fsid(l), ls.st_ino)),
-            // A copy keeps its origin's number, unless the origin is a hard
-            // link that was not indexed (then the copy is a different object).
-            (Some(_), Some(l), Some(ls)) if ls.st_nlink <= 1 || f.indexed => {
-                Some((layer_fsid(l), ls.st_ino))
-            }
-            (None, Some(l), Some(ls)) => Some((layer_fsid(l), ls.st_ino)),
-            _ => None,
-        };
-        let (fsid, ino) = from_lower.unwrap_or_else(|| {
-            let u = f.upper.as_ref().map_or(0, layer_fsid);
-            (u, f.upper_stat.map_or(0, |s| s.st_ino))
-        });
-        self.inomap.map(fsid, ino)
-    }
-
     /// Resolves `name` in `parent`: `None` when it does not exist in the
     /// union (absent or whited out).
     pub(crate) fn resolve(
@@ -245,7 +158,7 @@ impl Overlay {
 
         if let Some(udir) = pstate.upper_dir() {
             match fs::fstatat(udir.as_fd(), name) {
-                Ok(st) if markers::is_whiteout(&st) || is_xwhiteout(udir.as_fd(), name, &st)? => {
+                Ok(st) if markers::is_whiteout_at(udir.as_fd(), name, &st)? => {
                     return Ok(None);
                 }
                 Ok(st) => {
@@ -285,7 +198,7 @@ impl Overlay {
                         if pstate.impure || !pstate.lowers.is_empty() {
                             let m = Markers::read(udir.as_fd(), name)?;
                             origin_raw = m.origin;
-                            found.nlink = m.nlink.as_deref().and_then(markers::parse_nlink);
+                            found.nlink = m.nlink;
                         }
                         found.upper = Some(Real::At {
                             layer: 0,
@@ -313,7 +226,7 @@ impl Overlay {
             }
             // An OCI whiteout in the upper hides what the lowers have.
             if let Some(udir) = pstate.upper_dir()
-                && exists(udir.as_fd(), &markers::oci_whiteout_name(name))?
+                && markers::has_oci_whiteout(udir.as_fd(), name)?
             {
                 return Ok(None);
             }
@@ -323,7 +236,7 @@ impl Overlay {
             if !lower.dirs.is_empty()
                 && !found.opaque
                 && let Some(Real::Dir { fd, .. }) = &found.upper
-                && exists(fd.as_fd(), OsStr::new(markers::OCI_OPAQUE))?
+                && markers::has_oci_opaque(fd.as_fd())?
             {
                 found.opaque = true;
             }
@@ -379,9 +292,9 @@ impl Overlay {
                         EntryKind::Other(_) => {
                             let st = fs::fstatat(pfd.as_fd(), &name)?;
                             // The kernel's lookup takes any empty file with
-                            // overlay.whiteout for a whiteout, marked
+                            // the whiteout attribute for a whiteout, marked
                             // directory or not.
-                            if is_xwhiteout(pfd.as_fd(), &name, &st)? {
+                            if markers::is_xwhiteout(pfd.as_fd(), &name, &st)? {
                                 out.whited_out = !is_dir && out.nondir.is_none();
                                 return Ok(out);
                             }
@@ -513,9 +426,8 @@ impl Overlay {
                 }
                 Err(e) => return Err(e),
             };
-            if markers::is_whiteout(&st)
-                || exists(cur.as_fd(), &markers::oci_whiteout_name(&name))?
-                || is_xwhiteout(cur.as_fd(), &name, &st)?
+            if markers::is_whiteout_at(cur.as_fd(), &name, &st)?
+                || markers::has_oci_whiteout(cur.as_fd(), &name)?
             {
                 out.whited_out = !is_dir && out.nondir.is_none() && out.dirs.is_empty();
                 return Ok(Walk::Stop);
@@ -565,139 +477,6 @@ impl Overlay {
         }
         Ok(Walk::Missing)
     }
-
-    /// An upper non-directory with `overlay.origin`: find the lower object
-    /// it was copied from, for its inode number and link count.
-    fn attach_origin(
-        &self,
-        found: &mut Found,
-        parent: &Node,
-        pstate: &NodeState,
-        name: &OsStr,
-        raw: &[u8],
-    ) -> Result<()> {
-        let Some(fh) = OriginFh::decode(raw) else {
-            return Ok(());
-        };
-        let mut origin: Option<(Real, Stat)> = None;
-        // Copied in place: the lower at the same name is usually the origin,
-        // recognised by comparing handles (no privilege needed).
-        if let Some(listing) = (!pstate.lowers.is_empty())
-            .then(|| self.listing(parent, pstate))
-            .transpose()?
-            && let Some(hit) = listing.first_hit(name, 0)
-            && matches!(hit.kind, EntryKind::Other(_))
-            && let Some(Real::Dir { layer, fd, .. }) = pstate.lowers.get(hit.pos)
-            && self.layers.get(*layer).uuid.unwrap_or_default() == fh.uuid
-            && handle::name_to_handle_at(fd.as_fd(), name).is_ok_and(|h| h == fh.handle)
-        {
-            let st = fs::fstatat(fd.as_fd(), name)?;
-            origin = Some((
-                Real::At {
-                    layer: *layer,
-                    dir: fd.clone(),
-                    name: Arc::from(name),
-                },
-                st,
-            ));
-        }
-        // Moved since: decode the handle on the filesystem with that UUID.
-        if origin.is_none() {
-            let mut candidates = self
-                .layers
-                .lowers()
-                .filter(|(_, l)| l.uuid == Some(fh.uuid));
-            let first = candidates.next();
-            let ambiguous = candidates.any(|(_, l)| Some(l.dev) != first.map(|(_, f)| f.dev));
-            // open_by_handle_at wants a real (not O_PATH) descriptor on the
-            // filesystem.
-            if let (Some((idx, layer)), false) = (first, ambiguous)
-                && let Ok(mount_fd) = fs::openat(
-                    layer.root.as_fd(),
-                    OsStr::new("."),
-                    libc::O_RDONLY | libc::O_DIRECTORY,
-                    0,
-                )
-                && let Ok(fd) =
-                    handle::open_by_handle_at(mount_fd.as_fd(), &fh.handle, libc::O_PATH)
-            {
-                let st = fs::fstat(fd.as_fd())?;
-                origin = Some((
-                    Real::Pinned {
-                        layer: idx,
-                        fd: Arc::new(fd),
-                    },
-                    st,
-                ));
-            }
-        }
-        let Some((real, st)) = origin else {
-            return Ok(());
-        };
-        if util::kind(st.st_mode) != found.kind {
-            return Ok(());
-        }
-        if st.st_nlink > 1
-            && let (Some(work), Some(ust)) = (&self.layers.work, &found.upper_stat)
-            && let Ok(ist) = fs::fstatat(work.index.as_fd(), OsStr::new(&fh.index_name()))
-        {
-            found.indexed = ist.st_dev == ust.st_dev && ist.st_ino == ust.st_ino;
-        }
-        found.lowers = vec![real];
-        found.lower_stat = Some(st);
-        Ok(())
-    }
-
-    /// A lower hard link: if one of its names was copied up, the copy sits
-    /// in the index and every name uses it.
-    fn attach_index(&self, found: &mut Found) -> Result<()> {
-        let Some(work) = &self.layers.work else {
-            return Ok(());
-        };
-        let Some(fh) = self.origin_fh(&found.lowers[0])? else {
-            return Ok(());
-        };
-        let iname = OsString::from(fh.index_name());
-        let st = match fs::fstatat(work.index.as_fd(), &iname) {
-            Ok(st) => st,
-            Err(e) if e == Errno::ENOENT => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        if util::kind(st.st_mode) != found.kind {
-            return Ok(());
-        }
-        let m = Markers::read(work.index.as_fd(), &iname)?;
-        found.nlink = m.nlink.as_deref().and_then(markers::parse_nlink);
-        found.upper = Some(Real::At {
-            layer: 0,
-            dir: work.index.clone(),
-            name: Arc::from(iname.as_os_str()),
-        });
-        found.upper_stat = Some(st);
-        found.indexed = true;
-        Ok(())
-    }
-
-    /// The kernel-format handle of a lower object, as `overlay.origin`
-    /// records it; `None` when the filesystem cannot make one.
-    pub(crate) fn origin_fh(&self, real: &Real) -> Result<Option<OriginFh>> {
-        let layer = self.layers.get(real.layer());
-        let h = match (real.at(), real) {
-            (Some((dir, name)), _) => handle::name_to_handle_at(dir, name),
-            (None, Real::Pinned { fd, .. }) => {
-                handle::name_to_handle_at(fd.as_fd(), OsStr::new(""))
-            }
-            (None, _) => return Ok(None),
-        };
-        match h {
-            Ok(handle) => Ok(Some(OriginFh {
-                uuid: layer.uuid.unwrap_or_default(),
-                handle,
-            })),
-            Err(e) if e == Errno::EOPNOTSUPP || e == Errno::EOVERFLOW => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 enum Next {
@@ -722,22 +501,5 @@ fn apply_redirect(prefix: &mut Vec<Vec<u8>>, r: Redirect) {
             }
         }
         Redirect::Absolute(abs) => *prefix = abs,
-    }
-}
-
-/// An xattr whiteout: a zero-size regular file with `overlay.whiteout`,
-/// honoured in directories marked `overlay.opaque=x`.
-pub(crate) fn is_xwhiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool> {
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
-        return Ok(false);
-    }
-    Ok(Markers::read(dir, name)?.whiteout)
-}
-
-fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-    match fs::fstatat(dir, name) {
-        Ok(_) => Ok(true),
-        Err(e) if e == Errno::ENOENT || e == Errno::ENAMETOOLONG => Ok(false),
-        Err(e) => Err(e),
     }
 }

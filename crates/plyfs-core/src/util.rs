@@ -90,6 +90,45 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
     fs::unlinkat(dir, name, true).or_else(|e| if e == Errno::ENOENT { Ok(()) } else { Err(e) })
 }
 
+/// Removes an upper entry that no lower needs hidden. A directory that is
+/// empty in the union may still hold whiteouts: it is moved out of sight
+/// into `work` in one step, then cleared.
+pub fn remove_upper(
+    work: BorrowedFd<'_>,
+    udir: BorrowedFd<'_>,
+    name: &OsStr,
+    is_dir: bool,
+) -> Result<()> {
+    match fs::unlinkat(udir, name, is_dir) {
+        Err(e) if is_dir && (e == Errno::ENOTEMPTY || e == Errno::EEXIST) => {
+            let tmp = temp_name();
+            fs::renameat2(udir, name, work, &tmp, fs::RENAME_NOREPLACE)?;
+            remove_tree(work, &tmp)
+        }
+        r => r,
+    }
+}
+
+/// Whether `name` exists in `dir` (not following it).
+pub fn exists(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    match fs::fstatat(dir, name) {
+        Ok(_) => Ok(true),
+        Err(e) if e == Errno::ENOENT || e == Errno::ENAMETOOLONG => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether two descriptors refer to the same directory.
+pub fn same_dir(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> Result<bool> {
+    let (x, y) = (fs::fstat(a)?, fs::fstat(b)?);
+    Ok(x.st_dev == y.st_dev && x.st_ino == y.st_ino)
+}
+
+/// `d_type` for a mode.
+pub fn dtype_of(mode: u32) -> u8 {
+    ((mode & libc::S_IFMT) >> 12) as u8
+}
+
 /// File type bits of a mode.
 pub fn kind(mode: u32) -> u32 {
     mode & libc::S_IFMT

@@ -2,7 +2,6 @@
 //! union's own markers, which can be neither read nor set through it.
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::Overlay;
@@ -15,39 +14,16 @@ impl Overlay {
     /// Value of attribute `name`; an empty `buf` asks for its size.
     pub fn getxattr(&self, ino: Ino, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
         check_attr_name(name)?;
-        let node = self.node(ino)?;
-        let real = node.state.read().real().cloned().ok_or(Errno::ESTALE)?;
-        match real.at() {
-            Some((dir, n)) => xattr::get(dir, n, name, buf),
-            None => pinned_path(&real)
-                .and_then(|p| ::xattr::get_deref(&p, name).map_err(Errno::from))
-                .and_then(|v| match v {
-                    None => Err(Errno::ENODATA),
-                    Some(v) if buf.is_empty() => Ok(v.len()),
-                    Some(v) if v.len() > buf.len() => Err(Errno::ERANGE),
-                    Some(v) => {
-                        buf[..v.len()].copy_from_slice(&v);
-                        Ok(v.len())
-                    }
-                }),
-        }
+        let real = self.real_of(ino)?;
+        let (dir, n) = real.xattr_target();
+        xattr::get(dir, n, name, buf)
     }
 
     /// The NUL-separated names of the attributes users may see.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
-        let node = self.node(ino)?;
-        let real = node.state.read().real().cloned().ok_or(Errno::ESTALE)?;
-        let list = match real.at() {
-            Some((dir, n)) => xattr::list_vec(dir, n)?,
-            None => {
-                let mut v = Vec::new();
-                for n in ::xattr::list_deref(pinned_path(&real)?).map_err(Errno::from)? {
-                    v.extend_from_slice(n.as_bytes());
-                    v.push(0);
-                }
-                v
-            }
-        };
+        let real = self.real_of(ino)?;
+        let (dir, n) = real.xattr_target();
+        let list = xattr::list_vec(dir, n)?;
         let mut out = Vec::with_capacity(list.len());
         for n in xattr::split_names(&list) {
             if !markers::is_internal_xattr(n.as_bytes()) {
@@ -59,27 +35,15 @@ impl Overlay {
     }
 
     /// Sets an attribute (copying the object up); `flags` are
-    /// XATTR_CREATE / XATTR_REPLACE.
+    /// XATTR_CREATE / XATTR_REPLACE, which the upper's filesystem applies.
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         check_attr_name(name)?;
         self.check_writable()?;
         let node = self.node(ino)?;
         self.copy_up(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
-        match upper.at() {
-            Some((dir, n)) => xattr::set(dir, n, name, value, flags),
-            None => {
-                let p = pinned_path(&upper)?;
-                let exists = ::xattr::get_deref(&p, name).map_err(Errno::from)?.is_some();
-                if flags & xattr::CREATE != 0 && exists {
-                    return Err(Errno::EEXIST);
-                }
-                if flags & xattr::REPLACE != 0 && !exists {
-                    return Err(Errno::ENODATA);
-                }
-                ::xattr::set_deref(&p, name, value).map_err(Errno::from)
-            }
-        }
+        let (dir, n) = upper.xattr_target();
+        xattr::set(dir, n, name, value, flags)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
@@ -88,18 +52,22 @@ impl Overlay {
         let node = self.node(ino)?;
         // Nothing to copy up for an attribute that is not there.
         let real = node.state.read().real().cloned().ok_or(Errno::ESTALE)?;
-        if let Some((dir, n)) = real.at() {
-            match xattr::get(dir, n, name, &mut []) {
-                Err(e) if e == Errno::ENODATA => return Err(e),
-                _ => {}
-            }
+        let (dir, n) = real.xattr_target();
+        if let Err(e) = xattr::get(dir, n, name, &mut [])
+            && e == Errno::ENODATA
+        {
+            return Err(e);
         }
         self.copy_up(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
-        match upper.at() {
-            Some((dir, n)) => xattr::remove(dir, n, name),
-            None => ::xattr::remove_deref(pinned_path(&upper)?, name).map_err(Errno::from),
-        }
+        let (dir, n) = upper.xattr_target();
+        xattr::remove(dir, n, name)
+    }
+
+    /// The object the union shows for `ino`: its upper, else its lower.
+    fn real_of(&self, ino: Ino) -> Result<Real> {
+        let node = self.node(ino)?;
+        node.state.read().real().cloned().ok_or(Errno::ESTALE)
     }
 }
 
@@ -114,15 +82,4 @@ fn check_attr_name(name: &OsStr) -> Result<()> {
     CString::new(name.as_bytes())
         .map(drop)
         .map_err(|_| Errno::EINVAL)
-}
-
-/// `/proc/self/fd/N` of a pinned object: the xattr calls that follow it
-/// reach the object itself.
-fn pinned_path(real: &Real) -> Result<std::path::PathBuf> {
-    match real {
-        Real::Pinned { fd, .. } => {
-            Ok(format!("/proc/self/fd/{}", crate::sys::fs::raw(&fd.as_fd())).into())
-        }
-        _ => Err(Errno::EIO),
-    }
 }

@@ -41,9 +41,8 @@ impl Stack {
 
     fn whiteout(&self, rel: &str) -> &Self {
         let p = self.p(rel);
-        let parent = plyfs_core::sys::fs::open_path(p.parent().unwrap(), libc::O_PATH).unwrap();
-        plyfs_core::sys::fs::mknodat(parent.as_fd(), p.file_name().unwrap(), libc::S_IFCHR, 0)
-            .unwrap();
+        let parent = plyfs_sys::fs::open_path(p.parent().unwrap(), libc::O_PATH).unwrap();
+        plyfs_sys::fs::mknodat(parent.as_fd(), p.file_name().unwrap(), libc::S_IFCHR, 0).unwrap();
         self
     }
 
@@ -72,7 +71,7 @@ impl Stack {
 }
 
 fn is_root() -> bool {
-    plyfs_core::sys::process::geteuid() == 0
+    plyfs_sys::process::geteuid() == 0
 }
 
 /// Resolves a path from the root, one component at a time.
@@ -374,7 +373,7 @@ fn copy_up_keeps_inode_number_and_leaves_lowers_alone() {
 fn lower_index_is_kept_across_mounts_and_revalidated() {
     let s = Stack::new();
     s.file("l1/d/a", "a").file("l1/e/x", "x");
-    let index = s.root.join("work").join(plyfs_core::lower_index::FILE_NAME);
+    let index = s.root.join("work").join(plyfs_core::LOWER_INDEX_FILE);
     {
         let ov = s.overlay_rw(&["l1"]);
         assert_eq!(names(&ov, "d"), ["a"]);

@@ -4,7 +4,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use fuser::{Config, INodeNo, MountOption, Session, SessionACL, SessionUnmounter};
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use plyfs_core::Overlay;
 
 use crate::{FuseOptions, PlyFs};
@@ -102,12 +102,6 @@ pub fn mount(
         &config,
     )?;
     let _ = cell.set(session.notifier());
-    let notifier = session.notifier();
-    ov.set_invalidator(Box::new(move |ino| {
-        // Attributes only (a negative offset keeps the page cache).
-        if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
-            tracing::debug!("attribute invalidation of {ino} failed: {e}");
-        }
-    }));
+    crate::coherence::install(&ov, session.notifier());
     Ok(Mounted { session })
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use fuser::{BackingId, FopenFlags};
-use plyfs_core::file::OpenFile;
+use plyfs_core::OpenFile;
 use tracing::{debug, info};
 
 /// How an open is answered.

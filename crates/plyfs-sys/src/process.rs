@@ -3,7 +3,7 @@
 use std::os::fd::AsRawFd;
 
 use super::check;
-use crate::error::Result;
+use crate::errno::Result;
 
 pub enum Fork {
     Parent(i32),
@@ -48,7 +48,7 @@ pub fn block_termination_signals() -> Result<()> {
     // SAFETY: `set` is an initialised sigset.
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if r != 0 {
-        Err(crate::error::Errno::from_raw(r))
+        Err(crate::errno::Errno::from_raw(r))
     } else {
         Ok(())
     }

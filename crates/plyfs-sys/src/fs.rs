@@ -6,7 +6,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use super::{check, check_long, check_size, last_errno, with_cstr};
-use crate::error::{Errno, Result};
+use crate::errno::{Errno, Result};
 
 pub type Stat = libc::stat;
 

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::{check, with_cstr};
-use crate::error::{Errno, Result};
+use crate::errno::{Errno, Result};
 
 /// MAX_HANDLE_SZ in the kernel.
 const MAX_HANDLE_SZ: usize = 128;

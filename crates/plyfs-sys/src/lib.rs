@@ -1,11 +1,12 @@
-//! Safe wrappers over the system calls plyfs needs. This module is the only
-//! place in the project that contains `unsafe`: every wrapper checks its
-//! arguments and turns the C return convention into a `Result`.
+//! plyfs-sys: safe wrappers over the system calls plyfs needs. This crate
+//! is the only place in the project that contains `unsafe`: every wrapper
+//! checks its arguments and turns the C return convention into a `Result`.
 //!
 //! Everything here works relative to directory file descriptors with
 //! `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`, so callers never build path strings
 //! and never follow a symlink inside a layer.
 
+mod errno;
 pub mod fs;
 pub mod handle;
 pub mod process;
@@ -14,7 +15,7 @@ pub mod xattr;
 use std::ffi::{CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::error::Errno;
+pub use errno::{Errno, Result};
 
 /// Longest name a directory entry may have (NAME_MAX).
 pub const NAME_MAX: usize = 255;

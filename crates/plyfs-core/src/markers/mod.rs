@@ -1,0 +1,236 @@
+//! On-disk markers: whiteouts, opaque directories, redirects and the other
+//! `overlay.*` attributes. This module is the only one that knows how any
+//! of them is spelled: it reads every format plyfs meets in a layer (the
+//! kernel's `trusted.overlay.*` and `user.overlay.*`, char 0/0 and xattr
+//! whiteouts, OCI `.wh.` files) and, through [`Writer`], writes the one
+//! format the mount was set up with.
+
+mod entries;
+mod value;
+mod write;
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::error::{Errno, Result};
+use crate::sys::fs::{self, Stat};
+use crate::sys::xattr;
+use crate::util::exists;
+
+pub(crate) use entries::{Kind, read_layer_dir};
+pub(crate) use value::{Nlink, NlinkBase, Redirect};
+pub(crate) use write::Writer;
+
+/// OCI whiteout: `.wh.NAME` hides NAME.
+const OCI_WHITEOUT_PREFIX: &[u8] = b".wh.";
+/// OCI opaque marker: its directory hides everything below it.
+const OCI_OPAQUE: &str = ".wh..wh..opq";
+
+const TRUSTED_PREFIX: &[u8] = b"trusted.overlay.";
+const USER_PREFIX: &[u8] = b"user.overlay.";
+
+/// Which `*.overlay.` namespace a mount writes its markers in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrNs {
+    Trusted,
+    User,
+}
+
+/// The attributes overlayfs keeps under `overlay.`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attr {
+    Opaque,
+    Redirect,
+    Origin,
+    Impure,
+    Nlink,
+}
+
+impl XattrNs {
+    /// The full attribute name, e.g. `trusted.overlay.opaque`.
+    fn name(self, a: Attr) -> &'static OsStr {
+        let s: &'static str = match (self, a) {
+            (XattrNs::Trusted, Attr::Opaque) => "trusted.overlay.opaque",
+            (XattrNs::Trusted, Attr::Redirect) => "trusted.overlay.redirect",
+            (XattrNs::Trusted, Attr::Origin) => "trusted.overlay.origin",
+            (XattrNs::Trusted, Attr::Impure) => "trusted.overlay.impure",
+            (XattrNs::Trusted, Attr::Nlink) => "trusted.overlay.nlink",
+            (XattrNs::User, Attr::Opaque) => "user.overlay.opaque",
+            (XattrNs::User, Attr::Redirect) => "user.overlay.redirect",
+            (XattrNs::User, Attr::Origin) => "user.overlay.origin",
+            (XattrNs::User, Attr::Impure) => "user.overlay.impure",
+            (XattrNs::User, Attr::Nlink) => "user.overlay.nlink",
+        };
+        OsStr::new(s)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.*",
+            XattrNs::User => "user.overlay.*",
+        }
+    }
+}
+
+/// Attribute names that belong to the union itself: never shown through
+/// the mount, never settable through it.
+pub fn is_internal_xattr(name: &[u8]) -> bool {
+    name.starts_with(TRUSTED_PREFIX) || name.starts_with(USER_PREFIX)
+}
+
+/// A kernel-format whiteout: a character device 0/0.
+pub fn is_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Names that read back as markers and so cannot be user objects.
+pub fn is_reserved_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(OCI_WHITEOUT_PREFIX)
+}
+
+/// `.wh.NAME` → `Some(NAME)` for OCI whiteouts (the opaque marker excluded).
+fn oci_whiteout_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b.starts_with(OCI_WHITEOUT_PREFIX)
+        && name != OCI_OPAQUE
+        && b.len() > OCI_WHITEOUT_PREFIX.len()
+    {
+        Some(OsStr::from_bytes(&b[OCI_WHITEOUT_PREFIX.len()..]))
+    } else {
+        None
+    }
+}
+
+/// `.wh.NAME` for a name.
+fn oci_whiteout_name(name: &OsStr) -> OsString {
+    let mut v = OCI_WHITEOUT_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    std::os::unix::ffi::OsStringExt::from_vec(v)
+}
+
+/// An OCI whiteout `.wh.NAME` stands beside `name` in `dir`.
+pub(crate) fn has_oci_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    exists(dir, &oci_whiteout_name(name))
+}
+
+/// Directory `dir` holds the OCI opaque marker.
+pub(crate) fn has_oci_opaque(dir: BorrowedFd<'_>) -> Result<bool> {
+    exists(dir, OsStr::new(OCI_OPAQUE))
+}
+
+/// The object `name` (with stat `st`) is itself a whiteout: a char 0/0,
+/// or an xattr whiteout (a zero-size regular file with `overlay.whiteout`;
+/// the kernel's lookup takes one for a whiteout whether or not its
+/// directory is marked as holding any).
+pub(crate) fn is_whiteout_at(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool> {
+    Ok(is_whiteout(st) || is_xwhiteout(dir, name, st)?)
+}
+
+/// An xattr whiteout (see [`is_whiteout_at`]).
+pub(crate) fn is_xwhiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+        return Ok(false);
+    }
+    Ok(Markers::read(dir, name)?.whiteout)
+}
+
+/// What occupies a name in an upper directory.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum UpperSlot {
+    Empty,
+    /// A char 0/0 whiteout.
+    Whiteout,
+    Dir,
+    Other,
+}
+
+pub(crate) fn upper_slot(udir: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
+    match fs::fstatat(udir, name) {
+        Ok(st) if is_whiteout(&st) => Ok(UpperSlot::Whiteout),
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(UpperSlot::Dir),
+        Ok(_) => Ok(UpperSlot::Other),
+        Err(e) if e == Errno::ENOENT => Ok(UpperSlot::Empty),
+        Err(e) => Err(e),
+    }
+}
+
+/// The overlay attributes of one object in one layer, read in both
+/// namespaces (a layer may come from a rootless tool or from the kernel).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Markers {
+    /// `overlay.opaque` = "y".
+    pub opaque: bool,
+    /// `overlay.opaque` = "x": the directory holds xattr whiteouts.
+    pub xwhiteouts: bool,
+    pub redirect: Option<Vec<u8>>,
+    pub origin: Option<Vec<u8>>,
+    pub impure: bool,
+    pub nlink: Option<Nlink>,
+    /// `overlay.whiteout` is set (an xattr whiteout if it is an empty file).
+    pub whiteout: bool,
+}
+
+impl Markers {
+    /// Reads the markers of `name` in `dir` (`"."`: the directory itself;
+    /// `""`: the object `dir` refers to). One listxattr answers the common
+    /// case of an object without any.
+    pub fn read(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Markers> {
+        let list = match xattr::list_vec(dir, name) {
+            Ok(l) => l,
+            // A filesystem without xattrs holds no markers.
+            Err(e) if e == Errno::EOPNOTSUPP => return Ok(Markers::default()),
+            Err(e) => return Err(e),
+        };
+        let mut m = Markers::default();
+        for attr in xattr::split_names(&list) {
+            let b = attr.as_bytes();
+            let trusted = b.starts_with(TRUSTED_PREFIX);
+            let suffix = if let Some(s) = b.strip_prefix(TRUSTED_PREFIX) {
+                s
+            } else if let Some(s) = b.strip_prefix(USER_PREFIX) {
+                s
+            } else {
+                continue;
+            };
+            let value =
+                || -> Result<Vec<u8>> { Ok(xattr::get_vec(dir, name, attr)?.unwrap_or_default()) };
+            // The trusted namespace wins when both carry one.
+            match suffix {
+                b"opaque" => match value()?.first() {
+                    Some(b'y') => m.opaque = true,
+                    Some(b'x') => m.xwhiteouts = true,
+                    _ => {}
+                },
+                b"redirect" if m.redirect.is_none() || trusted => m.redirect = Some(value()?),
+                b"origin" if m.origin.is_none() || trusted => m.origin = Some(value()?),
+                b"impure" => m.impure = value()?.first() == Some(&b'y'),
+                b"nlink" if m.nlink.is_none() || trusted => m.nlink = Nlink::parse(&value()?),
+                b"whiteout" => m.whiteout = true,
+                _ => {}
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_names() {
+        assert_eq!(
+            oci_whiteout_target(OsStr::new(".wh.foo")),
+            Some(OsStr::new("foo"))
+        );
+        assert_eq!(oci_whiteout_target(OsStr::new(OCI_OPAQUE)), None);
+        assert_eq!(oci_whiteout_target(OsStr::new(".wh.")), None);
+        assert_eq!(oci_whiteout_target(OsStr::new("foo")), None);
+        assert_eq!(oci_whiteout_name(OsStr::new("a")), ".wh.a");
+        assert!(is_reserved_name(OsStr::new(".wh.x")));
+        assert!(is_internal_xattr(b"trusted.overlay.opaque"));
+        assert!(is_internal_xattr(b"user.overlay.redirect"));
+        assert!(!is_internal_xattr(b"user.foo"));
+    }
+}

@@ -1,0 +1,249 @@
+//! Writing markers into the upper layer, in the one format the mount was
+//! set up with. The format is found out once, at mount time, from what the
+//! upper's filesystem and plyfs's privileges allow ("read all, write one"):
+//! char 0/0 whiteouts where mknod may make them, else OCI `.wh.` files;
+//! `trusted.overlay.*` attributes where they can be set, else
+//! `user.overlay.*`; without attributes at all, OCI opaque markers and no
+//! redirects (directories then move by copying).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use tracing::debug;
+
+use super::{Attr, Nlink, OCI_OPAQUE, UpperSlot, XattrNs, oci_whiteout_name};
+use crate::error::{Errno, Result};
+use crate::sys::{fs, xattr};
+use crate::util;
+
+/// The marker format of one mount, and the verbs that write it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Writer {
+    ns: XattrNs,
+    /// Whiteouts as char 0/0 devices (else `.wh.NAME` files).
+    kernel_whiteouts: bool,
+    /// Whether `ns` attributes can be set at all.
+    xattrs: bool,
+}
+
+impl Writer {
+    /// Finds out what the upper's filesystem and our privileges allow, by
+    /// trying it in the work directory `work`.
+    pub fn probe(work: BorrowedFd<'_>, userxattr: bool) -> Writer {
+        let wh = util::temp_name();
+        let kernel_whiteouts = fs::mknodat(work, &wh, libc::S_IFCHR, 0).is_ok();
+        let _ = fs::unlinkat(work, &wh, false);
+
+        let d = util::temp_name();
+        let mut ns = None;
+        if fs::mkdirat(work, &d, 0o700).is_ok() {
+            let candidates: &[XattrNs] = if userxattr {
+                &[XattrNs::User]
+            } else {
+                &[XattrNs::Trusted, XattrNs::User]
+            };
+            for &c in candidates {
+                if xattr::set(work, &d, c.name(Attr::Opaque), b"y", 0).is_ok() {
+                    ns = Some(c);
+                    break;
+                }
+            }
+            let _ = fs::unlinkat(work, &d, true);
+        }
+        Writer {
+            ns: ns.unwrap_or(Self::default_ns(userxattr)),
+            kernel_whiteouts,
+            xattrs: ns.is_some(),
+        }
+    }
+
+    /// The format of a mount that writes nothing.
+    pub fn read_only(userxattr: bool) -> Writer {
+        Writer {
+            ns: Self::default_ns(userxattr),
+            kernel_whiteouts: true,
+            xattrs: false,
+        }
+    }
+
+    fn default_ns(userxattr: bool) -> XattrNs {
+        if userxattr {
+            XattrNs::User
+        } else {
+            XattrNs::Trusted
+        }
+    }
+
+    /// One line for the log.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} markers, {} whiteouts, attributes {}",
+            self.ns.label(),
+            if self.kernel_whiteouts {
+                "char 0/0"
+            } else {
+                "OCI .wh."
+            },
+            if self.xattrs {
+                "settable"
+            } else {
+                "unavailable"
+            }
+        )
+    }
+
+    /// Directories can carry redirects (else a directory with lower
+    /// content can only move by being copied whole).
+    pub fn has_redirects(&self) -> bool {
+        self.xattrs
+    }
+
+    /// Leaves a whiteout for `name` in upper directory `udir`, replacing
+    /// what `slot` says stands there. With char 0/0 whiteouts the swap is
+    /// one rename (built in `work`); an OCI whiteout is a file beside the
+    /// name, and the entry goes after it.
+    pub fn whiteout(
+        &self,
+        work: BorrowedFd<'_>,
+        udir: BorrowedFd<'_>,
+        name: &OsStr,
+        slot: &UpperSlot,
+    ) -> Result<()> {
+        let in_upper = matches!(slot, UpperSlot::Dir | UpperSlot::Other);
+        if self.kernel_whiteouts {
+            if in_upper {
+                let is_dir = *slot == UpperSlot::Dir;
+                let wh = util::temp_name();
+                fs::mknodat(work, &wh, libc::S_IFCHR, 0)?;
+                let flags = if is_dir { fs::RENAME_EXCHANGE } else { 0 };
+                if let Err(e) = fs::renameat2(work, &wh, udir, name, flags) {
+                    let _ = fs::unlinkat(work, &wh, false);
+                    return Err(e);
+                }
+                if is_dir {
+                    // The old directory (whiteouts only) is in work now.
+                    util::remove_tree(work, &wh)?;
+                }
+            } else if *slot != UpperSlot::Whiteout {
+                fs::mknodat(udir, name, libc::S_IFCHR, 0)?;
+            }
+            return Ok(());
+        }
+        create_empty(udir, &oci_whiteout_name(name))?;
+        if in_upper {
+            util::remove_upper(work, udir, name, *slot == UpperSlot::Dir)?;
+        }
+        Ok(())
+    }
+
+    /// Renames `old` to `new` (over nothing, or over what a plain rename
+    /// may replace) and leaves a whiteout at `old`: atomically with
+    /// RENAME_WHITEOUT in the kernel's format.
+    pub fn rename_leaving_whiteout(
+        &self,
+        olddir: BorrowedFd<'_>,
+        old: &OsStr,
+        newdir: BorrowedFd<'_>,
+        new: &OsStr,
+    ) -> Result<()> {
+        if self.kernel_whiteouts {
+            return fs::renameat2(olddir, old, newdir, new, fs::RENAME_WHITEOUT);
+        }
+        fs::renameat2(olddir, old, newdir, new, 0)?;
+        create_empty(olddir, &oci_whiteout_name(old))
+    }
+
+    /// Removes an OCI whiteout of `name` in `udir`, which a new object of
+    /// that name replaces (whatever format the mount writes: the upper may
+    /// come from another tool).
+    pub fn clear_whiteout(&self, udir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        match fs::unlinkat(udir, &oci_whiteout_name(name), false) {
+            Err(e) if e != Errno::ENOENT && e != Errno::ENAMETOOLONG => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks directory `name` in `dir` opaque.
+    pub fn set_opaque(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        if self.xattrs {
+            return set(dir, name, self.ns.name(Attr::Opaque), b"y");
+        }
+        let d = fs::openat(
+            dir,
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        create_empty(d.as_fd(), OsStr::new(OCI_OPAQUE))
+    }
+
+    /// Records where a directory's lower content is (see
+    /// [`Writer::has_redirects`]).
+    pub fn set_redirect(&self, dir: BorrowedFd<'_>, redirect: &[u8]) -> Result<()> {
+        if !self.xattrs {
+            return Err(Errno::EXDEV);
+        }
+        set(dir, OsStr::new("."), self.ns.name(Attr::Redirect), redirect)
+    }
+
+    /// Records where a copy came from; returns whether it could. The origin
+    /// only keeps inode numbers stable, so a filesystem (or namespace:
+    /// `user.*` on symlinks) that refuses it does not fail the copy-up, as
+    /// with the kernel.
+    /// `fh` is the origin's encoded file handle.
+    pub fn set_origin(&self, dir: BorrowedFd<'_>, name: &OsStr, fh: &[u8]) -> Result<bool> {
+        if !self.xattrs {
+            return Ok(false);
+        }
+        tolerant(set(dir, name, self.ns.name(Attr::Origin), fh))
+    }
+
+    /// Marks an upper directory impure: it holds entries with origins, so
+    /// readdir must look them up for their inode numbers (the kernel reads
+    /// the same mark). Returns whether the format has the mark at all.
+    pub fn mark_impure(&self, dir: BorrowedFd<'_>) -> Result<bool> {
+        if !self.xattrs {
+            return Ok(false);
+        }
+        set(dir, OsStr::new("."), self.ns.name(Attr::Impure), b"y")?;
+        Ok(true)
+    }
+
+    /// Stores the persistent link count of an indexed object (`name` in
+    /// `dir`, or `dir` itself with an empty name); returns whether it
+    /// could. Where the upper cannot hold it, the count is kept for the
+    /// life of the mount only.
+    pub fn set_nlink(&self, dir: BorrowedFd<'_>, name: &OsStr, nlink: Nlink) -> Result<bool> {
+        if !self.xattrs {
+            return Ok(false);
+        }
+        tolerant(set(dir, name, self.ns.name(Attr::Nlink), &nlink.format()))
+    }
+}
+
+/// Markers are written with our privileges whatever the modes say.
+fn set(dir: BorrowedFd<'_>, name: &OsStr, attr: &OsStr, value: &[u8]) -> Result<()> {
+    xattr::set(dir, name, attr, value, 0)
+}
+
+/// A marker the object may refuse without harm to the union's view.
+fn tolerant(r: Result<()>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e == Errno::EPERM || e == Errno::EOPNOTSUPP => {
+            debug!("marker not stored: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn create_empty(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    fs::openat(
+        dir,
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW,
+        0o600,
+    )
+    .map(drop)
+}

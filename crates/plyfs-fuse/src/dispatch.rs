@@ -1,0 +1,627 @@
+//! The `Filesystem` implementation: each request is handed to the core
+//! (or to handles, listings and coherence) and its answer to the kernel.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use plyfs_core::{Caller, Entry, Errno, SetAttr};
+use tracing::{debug, info};
+
+use crate::PlyFs;
+use crate::convert::{self, attr, errno};
+use crate::listings::Full;
+use crate::passthrough::Answer;
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl Filesystem for PlyFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        use fuser::InitFlags as F;
+        let want = F::FUSE_DO_READDIRPLUS
+            | F::FUSE_READDIRPLUS_AUTO
+            | F::FUSE_PARALLEL_DIROPS
+            | F::FUSE_CACHE_SYMLINKS
+            | F::FUSE_ATOMIC_O_TRUNC
+            | F::FUSE_EXPORT_SUPPORT
+            | F::FUSE_DIRECT_IO_ALLOW_MMAP;
+        let supported = config.capabilities() & want;
+        let _ = config.add_capabilities(supported);
+        // Passthrough needs CAP_SYS_ADMIN over the system; the backing
+        // registration of the first open would fail without it.
+        if self.opts.passthrough
+            && config.capabilities().contains(F::FUSE_PASSTHROUGH)
+            && plyfs_core::process::may_use_passthrough()
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.handles.passthrough.enable();
+        } else if self.opts.writeback
+            && self.ov.writable()
+            && config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok()
+        {
+            // Safe because only plyfs changes the upper, and only on the
+            // kernel's requests: the sizes and times the kernel keeps while
+            // it caches writes are the true ones.
+            self.handles.writeback = true;
+        }
+        info!(
+            "FUSE session ready: {supported:?}, file data: {}",
+            if self.handles.passthrough.enabled() {
+                "passthrough"
+            } else if self.handles.writeback {
+                "through plyfs, writeback cache"
+            } else {
+                "through plyfs"
+            }
+        );
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.ov.save_lower_index() {
+            tracing::warn!("cannot save the lower index: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(reply, self.ov.lookup(parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _reading = self.coherence.reading(ino.0);
+        let r = match fh.and_then(|fh| self.handles.get(fh).ok()) {
+            Some(f) => self.ov.getattr_open(&f),
+            None => self.ov.getattr(ino.0),
+        };
+        match r {
+            Ok(st) => reply.attr(&self.opts.timeout, &attr(&st)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: convert::set_time(atime),
+            mtime: convert::set_time(mtime),
+        };
+        let file = fh.and_then(|fh| self.handles.get(fh).ok());
+        match self.ov.setattr(ino.0, &set, file.as_deref()) {
+            Ok(st) => reply.attr(&self.opts.timeout, &attr(&st)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ov.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .ov
+            .mknod(parent.0, name, mode, u64::from(rdev), caller(req));
+        self.reply_created(reply, r);
+        self.coherence.changed(parent.0, true);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov.mkdir(parent.0, name, mode, caller(req));
+        self.reply_created(reply, r);
+        self.coherence.changed(parent.0, true);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.ov.unlink(parent.0, name);
+        self.removed(reply, parent.0, r);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self.ov.rmdir(parent.0, name);
+        self.removed(reply, parent.0, r);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .ov
+            .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+        self.reply_created(reply, r);
+        self.coherence.changed(parent.0, true);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self
+            .ov
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        let done = r.as_ref().ok().copied();
+        empty(reply, r.map(drop));
+        if let Some(done) = done {
+            self.coherence.changed(parent.0, true);
+            self.coherence.changed(newparent.0, true);
+            self.coherence.changed(done.moved, false);
+            if let Some(other) = done.replaced {
+                self.coherence.changed(other, false);
+            }
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov.link(ino.0, newparent.0, newname);
+        self.reply_created(reply, r);
+        self.coherence.changed(newparent.0, true);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.ov.open(ino.0, self.handles.open_flags(flags.0)) {
+            Ok(file) => match self
+                .handles
+                .opened(&self.ov, ino.0, file, |fd| reply.open_backing(fd))
+            {
+                (fh, Answer::Passthrough(id)) => {
+                    reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                }
+                (fh, Answer::Plain(flags)) => reply.opened(fh, flags),
+            },
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = self.handles.get(fh).and_then(|f| {
+            let mut buf = vec![0u8; size as usize];
+            let n = f.read(&mut buf, offset)?;
+            buf.truncate(n);
+            Ok(buf)
+        });
+        match r {
+            Ok(buf) => reply.data(&buf),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.handles.get(fh).and_then(|f| f.write(data, offset)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes reach the upper when they are made (or, with the
+        // writeback cache, before the kernel flushes), and locks are the
+        // kernel's: nothing to do on close. ENOSYS tells the kernel to stop
+        // sending FLUSH, which saves every close() a round trip.
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.release(ino.0, fh);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.handles
+                .get(fh)
+                .and_then(|f| self.ov.fsync(&f, datasync)),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message opendir: the kernel stops asking, opens directories
+        // itself and keeps their listings cached (FOPEN_CACHE_DIR), which
+        // it drops when a change goes through it. Listings are made per
+        // directory on the first readdir instead.
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let _reading = self.coherence.reading(ino.0);
+        let r = self.listings.stream(&self.ov, ino.0, offset, |next, e| {
+            let kind = convert::dtype_file_type(e.dtype);
+            reply.add(INodeNo(e.ino), next, kind, &e.name).into()
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _reading = self.coherence.reading(ino.0);
+        let ttl = self.opts.timeout;
+        let r = self.listings.stream(&self.ov, ino.0, offset, |next, e| {
+            if e.name == "." || e.name == ".." {
+                // The kernel takes no lookup of these.
+                let mut a = convert::negative_attr();
+                a.ino = INodeNo(e.ino);
+                a.kind = fuser::FileType::Directory;
+                let zero = Duration::ZERO;
+                return reply
+                    .add(INodeNo(e.ino), next, &e.name, &zero, &a, Generation(0))
+                    .into();
+            }
+            // Each entry counts as a lookup the kernel will forget.
+            let Ok(entry) = self.ov.lookup(ino.0, &e.name) else {
+                return Full::No;
+            };
+            let a = attr(&entry.attr);
+            let generation = Generation(entry.generation);
+            let full = reply.add(INodeNo(entry.ino), next, &e.name, &ttl, &a, generation);
+            if full {
+                // Did not fit: the kernel never saw it.
+                self.ov.forget(entry.ino, 1);
+            }
+            full.into()
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.ov.fsyncdir(ino.0, datasync));
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.ov.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.ov.setxattr(ino.0, name, value, flags));
+        self.coherence.changed(ino.0, false);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let mut buf = vec![0u8; size as usize];
+        match self.ov.getxattr(ino.0, name, &mut buf) {
+            Ok(n) if size == 0 => reply.size(n as u32),
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.ov.listxattr(ino.0) {
+            Ok(list) if size == 0 => reply.size(list.len() as u32),
+            Ok(list) if list.len() > size as usize => reply.error(fuser::Errno::ERANGE),
+            Ok(list) => reply.data(&list),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.ov.removexattr(ino.0, name));
+        self.coherence.changed(ino.0, false);
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        empty(reply, self.ov.access(ino.0, mask.bits(), caller(req)));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let flags = self.handles.open_flags(flags);
+        match self.ov.create(parent.0, name, mode, flags, caller(req)) {
+            Ok((entry, file)) => {
+                let (ttl, a, generation) = (
+                    &self.opts.timeout,
+                    attr(&entry.attr),
+                    Generation(entry.generation),
+                );
+                match self
+                    .handles
+                    .opened(&self.ov, entry.ino, file, |fd| reply.open_backing(fd))
+                {
+                    (fh, Answer::Passthrough(id)) => {
+                        reply.created_passthrough(
+                            ttl,
+                            &a,
+                            generation,
+                            fh,
+                            FopenFlags::empty(),
+                            &id,
+                        );
+                    }
+                    (fh, Answer::Plain(flags)) => {
+                        reply.created(ttl, &a, generation, fh, flags);
+                    }
+                }
+                self.coherence.changed(parent.0, true);
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // So that tools probing for features learn "not supported".
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.handles
+                .get(fh)
+                .and_then(|f| f.fallocate(mode, offset, length)),
+        );
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.handles.get(fh).and_then(|f| f.lseek(offset, whence)) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // A reply says how much was copied in 32 bits.
+        let len = len.min(u64::from(u32::MAX));
+        let r = self.handles.get(fh_in).and_then(|src| {
+            let dst = self.handles.get(fh_out)?;
+            self.ov
+                .copy_file_range(&src, offset_in, &dst, offset_out, len)
+        });
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+impl PlyFs {
+    /// Answers a removal, then drops stale cached reads of what changed.
+    fn removed(&self, reply: ReplyEmpty, parent: u64, r: Result<u64, Errno>) {
+        let gone = r.as_ref().ok().copied();
+        empty(reply, r.map(drop));
+        if let Some(ino) = gone {
+            self.coherence.changed(parent, true);
+            self.coherence.changed(ino, false);
+        }
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
+        match r {
+            Ok(e) => reply.entry(&self.opts.timeout, &attr(&e.attr), Generation(e.generation)),
+            Err(e) if e == Errno::ENOENT => {
+                // Cache the miss in the kernel too: only plyfs changes the
+                // union, through the kernel, which keeps its cache right.
+                reply.entry(&self.opts.timeout, &convert::negative_attr(), Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn reply_created(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
+        match r {
+            Ok(e) => {
+                debug!(ino = e.ino, "created");
+                reply.entry(&self.opts.timeout, &attr(&e.attr), Generation(e.generation))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            debug!("-> {e:?}");
+            reply.error(errno(e))
+        }
+    }
+}
