@@ -20,7 +20,7 @@ pub mod random;
 #[allow(unused_imports)]
 pub use {
     cli::{PLYFS, lowerdir, plyfs},
-    mounts::{KernelMount, PlyfsMount, is_mounted},
+    mounts::{KernelMount, PlyfsMount, TmpfsMount, is_mounted},
     privileges::require_mount_privileges,
     scratch::{LayerBuilder, Scratch, append, mknod},
     tree::{Compare, Obj, Tree, assert_same_trees, diff_trees, kind_of, link_groups, snapshot},

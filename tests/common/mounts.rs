@@ -112,17 +112,7 @@ pub struct KernelMount {
 
 impl KernelMount {
     pub fn new(opts: &str, mnt: &Path) -> KernelMount {
-        std::fs::create_dir_all(mnt).expect("mnt dir");
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", opts])
-            .arg(mnt)
-            .output()
-            .expect("mount");
-        assert!(
-            out.status.success(),
-            "kernel overlay mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mount("overlay", opts, mnt);
         KernelMount {
             mnt: mnt.to_path_buf(),
         }
@@ -133,6 +123,42 @@ impl Drop for KernelMount {
     fn drop(&mut self) {
         unmount(&self.mnt);
     }
+}
+
+/// A tmpfs of its own, for a layer that must not share a filesystem with
+/// the others (then no reflink or in-kernel copy can stand in for copying
+/// its data); dropping it unmounts.
+pub struct TmpfsMount {
+    pub mnt: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn new(opts: &str, mnt: &Path) -> TmpfsMount {
+        mount("tmpfs", opts, mnt);
+        TmpfsMount {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        unmount(&self.mnt);
+    }
+}
+
+fn mount(fstype: &str, opts: &str, mnt: &Path) {
+    std::fs::create_dir_all(mnt).expect("mnt dir");
+    let out = Command::new("mount")
+        .args(["-t", fstype, fstype, "-o", opts])
+        .arg(mnt)
+        .output()
+        .expect("mount");
+    assert!(
+        out.status.success(),
+        "kernel {fstype} mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Unmounts `mnt`, also on failure. Tests run in parallel threads, and a
