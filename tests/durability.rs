@@ -10,6 +10,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::ops::{Op, Twin};
 use common::*;
@@ -456,50 +457,152 @@ fn trees_deeper_than_path_max() {
     assert_eq!(got[1], "deep and copied up");
 }
 
+/// A stat of another file must not wait for a copy-up. The copy is made
+/// slow on purpose, so that a stat stuck behind it cannot pass for a stat's
+/// own latency, and it is always watched from start to end: a test that
+/// could only ever pass proves nothing.
 #[test]
 fn a_large_copy_up_does_not_stall_other_files() {
     if !require_mount_privileges() {
         return;
     }
+    // Long enough that a stat waiting a quarter of it is no scheduling
+    // hiccup, even with the other tests of this binary running.
+    const MIN_COPY: Duration = Duration::from_millis(1500);
+    const MAX_SIZE: u64 = 8 << 30;
+    // 1.7 to 7 s on the machine this was written on; a faster one gets a
+    // larger file.
+    let mut size: u64 = 2 << 30;
+    loop {
+        let t = stat_during_copy_up(size);
+        eprintln!(
+            "copy-up of {} MiB took {:?}; {} stats ran inside it, median {:?}, \
+             the slowest overlapping it {:?}",
+            size >> 20,
+            t.copy,
+            t.inside,
+            t.median,
+            t.worst
+        );
+        if t.copy >= MIN_COPY {
+            assert!(
+                t.worst < t.copy / 4,
+                "a stat waited {:?} during a {:?} copy-up",
+                t.worst,
+                t.copy
+            );
+            // One per 10 ms at least, where the loop aims at one per ms: a
+            // stall in slices shorter than the bound above shows here.
+            assert!(
+                t.inside as u128 * 10 >= t.copy.as_millis(),
+                "only {} stats completed during a {:?} copy-up",
+                t.inside,
+                t.copy
+            );
+            return;
+        }
+        // Too fast to tell a stall from noise: copy more.
+        let grow = (1.5 * MIN_COPY.as_secs_f64() / t.copy.as_secs_f64().max(1e-3)).clamp(1.5, 16.0);
+        let room = mem_available() / 2;
+        let next = ((size as f64 * grow) as u64).min(MAX_SIZE).min(room) & !((1 << 20) - 1);
+        assert!(
+            next > size,
+            "a copy-up of {} MiB took only {:?}, under {MIN_COPY:?}, and there is no room \
+             for a larger file (at most {} MiB): the test cannot tell a stall from noise here",
+            size >> 20,
+            t.copy,
+            MAX_SIZE.min(room) >> 20
+        );
+        size = next;
+    }
+}
+
+/// What the stats saw while one copy-up ran.
+struct CopyUpTrial {
+    copy: Duration,
+    /// Stats that started and ended while the copy ran.
+    inside: usize,
+    median: Duration,
+    /// The slowest stat that overlapped the copy.
+    worst: Duration,
+}
+
+/// Copies up a `size`-byte file (through chmod) while stat'ing other files,
+/// a new one every millisecond.
+fn stat_during_copy_up(size: u64) -> CopyUpTrial {
+    // Enough for about 20 s of copy at one stat per millisecond.
+    const NAMES: usize = 20_000;
     let s = Scratch::new();
-    let l1 = s.mkdir("l1");
-    let mut f = std::fs::File::create(l1.join("big")).unwrap();
+    // The lower alone on a tmpfs, the upper on /var/tmp: across two
+    // filesystems there is no reflink and no copy_file_range offload,
+    // whatever /var/tmp is, so every byte is copied and the time grows
+    // with the size.
+    let lower = TmpfsMount::new(&format!("size={}", size + (64 << 20)), &s.path("l1"));
+    let mut f = std::fs::File::create(lower.mnt.join("big")).unwrap();
     let chunk = vec![3u8; 1 << 20];
-    for _ in 0..1536 {
+    for _ in 0..size >> 20 {
         f.write_all(&chunk).unwrap();
     }
     drop(f);
-    for i in 0..2000 {
-        std::fs::write(l1.join(format!("small{i}")), "s").unwrap();
+    for i in 0..NAMES {
+        std::fs::File::create(lower.mnt.join(format!("small{i}"))).unwrap();
     }
     let ply = PlyfsMount::new(&rw_opts(&s), &s.path("mnt"));
     let mnt = ply.mnt.clone();
     let copier = std::thread::spawn(move || {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         // Metadata only, but the data must be copied up first.
         std::fs::set_permissions(
             mnt.join("big"),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        start.elapsed()
+        (start, Instant::now())
     });
-    let mut worst = std::time::Duration::ZERO;
-    let mut i = 0;
-    while !copier.is_finished() && i < 2000 {
-        let start = std::time::Instant::now();
+    let mut stats = Vec::new();
+    for i in 0..NAMES {
+        if copier.is_finished() {
+            break;
+        }
+        let start = Instant::now();
         // A new name each time: the kernel has to ask plyfs.
         std::fs::metadata(ply.mnt.join(format!("small{i}"))).unwrap();
-        worst = worst.max(start.elapsed());
-        i += 1;
+        stats.push((start, Instant::now()));
+        std::thread::sleep(Duration::from_millis(1));
     }
-    let copy = copier.join().unwrap();
-    eprintln!("copy-up of 1.5 GiB took {copy:?}; {i} stats meanwhile, the slowest {worst:?}");
-    // Only meaningful if the copy took a while and stats ran during it.
-    if copy > std::time::Duration::from_millis(300) && i > 10 {
-        assert!(
-            worst < copy / 4,
-            "a stat waited {worst:?} during a {copy:?} copy-up"
-        );
+    assert!(
+        copier.is_finished(),
+        "the copy-up outlasted {NAMES} stats: part of it went unwatched"
+    );
+    let (copy_start, copy_end) = copier.join().unwrap();
+    let up = std::fs::metadata(s.path("upper/big")).unwrap();
+    assert_eq!((up.len(), up.mode() & 0o7777), (size, 0o600), "the copy-up");
+    let mut inside: Vec<Duration> = stats
+        .iter()
+        .filter(|&&(a, b)| a >= copy_start && b <= copy_end)
+        .map(|&(a, b)| b - a)
+        .collect();
+    inside.sort();
+    CopyUpTrial {
+        copy: copy_end - copy_start,
+        inside: inside.len(),
+        median: inside.get(inside.len() / 2).copied().unwrap_or_default(),
+        worst: stats
+            .iter()
+            .filter(|&&(a, b)| a < copy_end && b > copy_start)
+            .map(|&(a, b)| b - a)
+            .max()
+            .unwrap_or_default(),
     }
+}
+
+/// MemAvailable, in bytes: the lower lives in memory.
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("MemAvailable in /proc/meminfo")
+        * 1024
 }
