@@ -118,8 +118,7 @@ impl LayerBuilder {
 pub fn mknod(p: &Path, mode: u32, dev: u64) {
     use std::os::fd::AsFd;
     let parent =
-        plyfs_sys::fs::open_path(p.parent().unwrap(), libc::O_PATH | libc::O_DIRECTORY)
-            .unwrap();
+        plyfs_sys::fs::open_path(p.parent().unwrap(), libc::O_PATH | libc::O_DIRECTORY).unwrap();
     plyfs_sys::fs::mknodat(parent.as_fd(), p.file_name().unwrap(), mode, dev)
         .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
 }

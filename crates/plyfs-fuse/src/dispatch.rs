@@ -38,34 +38,10 @@ impl Filesystem for PlyFs {
             | F::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
-        // Passthrough needs CAP_SYS_ADMIN over the system; the backing
-        // registration of the first open would fail without it.
-        if self.opts.passthrough
-            && config.capabilities().contains(F::FUSE_PASSTHROUGH)
-            && plyfs_core::process::may_use_passthrough()
-            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok()
-        {
-            self.handles.passthrough.enable();
-        } else if self.opts.writeback
-            && self.ov.writable()
-            && config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok()
-        {
-            // Safe because only plyfs changes the upper, and only on the
-            // kernel's requests: the sizes and times the kernel keeps while
-            // it caches writes are the true ones.
-            self.handles.writeback = true;
-        }
-        info!(
-            "FUSE session ready: {supported:?}, file data: {}",
-            if self.handles.passthrough.enabled() {
-                "passthrough"
-            } else if self.handles.writeback {
-                "through plyfs, writeback cache"
-            } else {
-                "through plyfs"
-            }
-        );
+        let data = self
+            .handles
+            .negotiate(config, &self.opts, self.ov.writable());
+        info!("FUSE session ready: {supported:?}, file data: {data}");
         Ok(())
     }
 

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use fuser::{BackingId, FileHandle};
+use fuser::{BackingId, FileHandle, KernelConfig};
 use plyfs_core::{Errno, OpenFile, Overlay};
 
+use crate::FuseOptions;
 use crate::passthrough::{Answer, Passthrough};
 
 /// An open file, and the backing the kernel reads and writes directly
@@ -34,6 +35,38 @@ impl Handles {
             passthrough: Passthrough::new(),
             writeback: false,
         }
+    }
+
+    /// Chooses how file data moves, at the session's start: passthrough
+    /// where the kernel and our privileges allow it, else the writeback
+    /// cache where wanted (the kernel takes one or the other). Returns a
+    /// description for the log.
+    pub(crate) fn negotiate(
+        &mut self,
+        config: &mut KernelConfig,
+        opts: &FuseOptions,
+        writable: bool,
+    ) -> &'static str {
+        use fuser::InitFlags as F;
+        // The backing registration of the first open would fail without
+        // the privilege.
+        if opts.passthrough
+            && config.capabilities().contains(F::FUSE_PASSTHROUGH)
+            && plyfs_core::process::may_use_passthrough()
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+            return "passthrough";
+        }
+        if opts.writeback && writable && config.add_capabilities(F::FUSE_WRITEBACK_CACHE).is_ok() {
+            // Safe because only plyfs changes the upper, and only on the
+            // kernel's requests: the sizes and times the kernel keeps
+            // while it caches writes are the true ones.
+            self.writeback = true;
+            return "through plyfs, writeback cache";
+        }
+        "through plyfs"
     }
 
     /// The flags to open with. With the writeback cache, the kernel reads
