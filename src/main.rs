@@ -83,7 +83,11 @@ fn main() -> ExitCode {
 }
 
 fn mount(cli: Cli) -> Result<(), daemon::Failure> {
-    let mut req = options::parse(&cli.options).map_err(|e| daemon::Failure(e.to_string()))?;
+    let defaults = options::Defaults {
+        root: plyfs_sys::process::geteuid() == 0,
+    };
+    let mut req =
+        options::parse(&cli.options, defaults).map_err(|e| daemon::Failure(e.to_string()))?;
     let Some(mountpoint) = cli.mountpoint else {
         return Err(daemon::Failure(
             "no mount point given (see plyfs --help)".into(),

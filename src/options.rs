@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plyfs_core::Config;
-use plyfs_fuse::{FuseOptions, MountSpec};
+use plyfs_core::{Config, OverrideStat};
+use plyfs_fuse::{FuseOptions, IdMap, MountSpec};
 
 /// Everything a mount command asks for.
 #[derive(Debug, Default)]
@@ -14,8 +14,16 @@ pub struct MountRequest {
     pub spec: MountSpec,
     pub fuse: FuseOptions,
     pub debug: bool,
-    /// Options accepted but not acted upon, to report.
+    /// Options not known, to warn about.
     pub ignored: Vec<String>,
+}
+
+/// What the defaults depend on: fuse-overlayfs mounts root's unions (also
+/// those of root in a user namespace, as rootless podman runs it) for every
+/// user of the container, and with set-ID programs working.
+#[derive(Clone, Copy, Debug)]
+pub struct Defaults {
+    pub root: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -28,7 +36,7 @@ pub enum OptionError {
     BadValue {
         opt: String,
         value: String,
-        why: &'static str,
+        why: String,
     },
     #[error(
         "no lowerdir= given: plyfs -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] MOUNTPOINT"
@@ -92,32 +100,50 @@ pub fn split_lowers(v: &str) -> Result<Vec<PathBuf>, OptionError> {
     }
     out.push(cur);
     if out.iter().any(String::is_empty) {
-        return Err(OptionError::BadValue {
-            opt: "lowerdir".into(),
-            value: v.into(),
-            why: "a layer path is empty",
-        });
+        return Err(bad("lowerdir", v, "a layer path is empty"));
     }
     Ok(out.into_iter().map(PathBuf::from).collect())
 }
 
-/// Kernel mount flags that pass straight through.
-const FLAGS: &[&str] = &[
-    "nodev", "dev", "nosuid", "suid", "noexec", "exec", "noatime", "atime", "sync", "async",
-    "dirsync",
+/// Kernel mount flags that pass straight through, in pairs that undo each
+/// other (the later one wins).
+const FLAGS: &[(&str, &str)] = &[
+    ("nodev", "dev"),
+    ("nosuid", "suid"),
+    ("noexec", "exec"),
+    ("noatime", "atime"),
+    ("sync", "async"),
+    ("dirsync", "dirsync"),
 ];
 
-pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
+/// Options that only concern mount(8), fstab or other programs, and
+/// fuse-overlayfs options whose effect plyfs always has: accepted, and
+/// documented as such.
+const ACCEPTED: &[&str] = &[
+    "defaults", "nofail", "_netdev", "auto", "noauto", "user", "users", "nouser", "private",
+    "shared", "slave", "noacl", "xino",
+];
+
+/// SELinux labels: the kernel takes them where SELinux is enabled.
+const LABELS: &[&str] = &["context", "fscontext", "defcontext", "rootcontext"];
+
+pub fn parse(args: &[String], defaults: Defaults) -> Result<MountRequest, OptionError> {
     let mut r = MountRequest {
         spec: MountSpec {
             fsname: "plyfs".into(),
             subtype: "plyfs".into(),
             default_permissions: true,
+            allow_other: defaults.root,
             ..MountSpec::default()
         },
         ..MountRequest::default()
     };
+    set_flag(&mut r.spec.flags, "noatime");
+    if defaults.root {
+        set_flag(&mut r.spec.flags, "suid");
+    }
     let mut lowers = None;
+    let (mut squash_root, mut squash_uid, mut squash_gid) = (false, None, None);
     for arg in args {
         for opt in split_options(arg)? {
             let (key, value) = match opt.split_once('=') {
@@ -164,7 +190,40 @@ pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
                     }
                     r.fuse.threads = n;
                 }
-                k if value.is_none() && FLAGS.contains(&k) => r.spec.flags.push(k.to_string()),
+                "uidmapping" | "gidmapping" => {
+                    let v = need()?;
+                    let ranges = IdMap::parse(v).map_err(|e| bad(key, v, e))?;
+                    let map = if key == "uidmapping" {
+                        &mut r.fuse.ids.uids
+                    } else {
+                        &mut r.fuse.ids.gids
+                    };
+                    map.ranges = ranges;
+                }
+                "squash_to_root" => squash_root = true,
+                "squash_to_uid" => squash_uid = Some(id(key, need()?)?),
+                "squash_to_gid" => squash_gid = Some(id(key, need()?)?),
+                "xattr_permissions" => {
+                    r.config.override_stat = match need()? {
+                        "0" => None,
+                        "1" => Some(OverrideStat::Privileged),
+                        "2" => Some(OverrideStat::User),
+                        v => return Err(bad(key, v, "expected 0, 1 or 2")),
+                    }
+                }
+                "noxattrs" => r.config.no_xattrs = switch(key, need()?)?,
+                "static_nlink" => r.config.static_nlink = true,
+                "ino32_t" => r.config.ino32 = true,
+                k if LABELS.contains(&k) => {
+                    need()?;
+                    if selinux_enabled() {
+                        r.spec.flags.push(opt.clone());
+                    }
+                }
+                k if ACCEPTED.contains(&k) => {}
+                k if value.is_none() && FLAGS.iter().any(|(a, b)| k == *a || k == *b) => {
+                    set_flag(&mut r.spec.flags, k)
+                }
                 "" => {
                     return Err(OptionError::Malformed(format!(
                         "option {opt:?} has no name"
@@ -175,12 +234,34 @@ pub fn parse(args: &[String]) -> Result<MountRequest, OptionError> {
         }
     }
     r.config.lowers = lowers.ok_or(OptionError::NoLowerdir)?;
+    // squash_to_uid/gid win over squash_to_root, in any order.
+    r.fuse.ids.uids.squash = squash_uid.or(squash_root.then_some(0));
+    r.fuse.ids.gids.squash = squash_gid.or(squash_root.then_some(0));
     // Without an upper nothing can change: say so to the kernel too, which
     // then refuses writes itself and keeps atimes cached.
     if r.config.upper.is_none() {
         r.spec.read_only = true;
     }
     Ok(r)
+}
+
+/// Adds a kernel flag, dropping the one it undoes.
+fn set_flag(flags: &mut Vec<String>, flag: &str) {
+    if let Some((a, b)) = FLAGS.iter().find(|(a, b)| flag == *a || flag == *b) {
+        flags.retain(|f| f != a && f != b);
+    }
+    flags.push(flag.to_string());
+}
+
+fn selinux_enabled() -> bool {
+    std::path::Path::new("/sys/fs/selinux/enforce").exists()
+}
+
+fn id(key: &str, v: &str) -> Result<u32, OptionError> {
+    v.parse()
+        .ok()
+        .filter(|&n: &u32| n != u32::MAX)
+        .ok_or_else(|| bad(key, v, "expected a user or group id"))
 }
 
 fn path(key: &str, v: &str) -> Result<PathBuf, OptionError> {
@@ -199,11 +280,11 @@ fn switch(key: &str, v: &str) -> Result<bool, OptionError> {
     }
 }
 
-fn bad(key: &str, v: &str, why: &'static str) -> OptionError {
+fn bad(key: &str, v: &str, why: impl ToString) -> OptionError {
     OptionError::BadValue {
         opt: key.to_string(),
         value: v.to_string(),
-        why,
+        why: why.to_string(),
     }
 }
 
@@ -211,8 +292,11 @@ fn bad(key: &str, v: &str, why: &'static str) -> OptionError {
 mod tests {
     use super::*;
 
+    const USER: Defaults = Defaults { root: false };
+    const ROOT: Defaults = Defaults { root: true };
+
     fn p(s: &str) -> Result<MountRequest, OptionError> {
-        parse(&[s.to_string()])
+        parse(&[s.to_string()], USER)
     }
 
     #[test]
@@ -232,24 +316,61 @@ mod tests {
         assert!(r.ignored.is_empty());
     }
 
+    /// fuse-overlayfs's implicit options: root (also in a user namespace)
+    /// serves every user, with set-ID programs; everyone gets noatime.
+    #[test]
+    fn defaults_as_fuse_overlayfs() {
+        let r = parse(&["lowerdir=/a".into()], ROOT).unwrap();
+        assert!(r.spec.allow_other && r.spec.default_permissions);
+        assert_eq!(r.spec.flags, vec!["noatime".to_string(), "suid".into()]);
+        let r = parse(&["lowerdir=/a".into()], USER).unwrap();
+        assert!(!r.spec.allow_other && r.spec.default_permissions);
+        assert_eq!(r.spec.flags, vec!["noatime".to_string()]);
+        let r = parse(&["lowerdir=/a,atime,nosuid".into()], ROOT).unwrap();
+        assert_eq!(r.spec.flags, vec!["atime".to_string(), "nosuid".into()]);
+    }
+
+    #[test]
+    fn fuse_overlayfs_options() {
+        let r = p("lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,squash_to_root,squash_to_gid=7,xattr_permissions=2,noxattrs=1,static_nlink,ino32_t,xino=auto,private,noacl").unwrap();
+        assert!(r.ignored.is_empty(), "{:?}", r.ignored);
+        assert_eq!(r.fuse.ids.uids.ranges.len(), 2);
+        assert_eq!(r.fuse.ids.gids.ranges.len(), 1);
+        assert_eq!(r.fuse.ids.uids.squash, Some(0));
+        assert_eq!(r.fuse.ids.gids.squash, Some(7));
+        assert_eq!(r.config.override_stat, Some(OverrideStat::User));
+        assert!(r.config.no_xattrs && r.config.static_nlink && r.config.ino32);
+        assert!(matches!(
+            p("lowerdir=/a,uidmapping=0:1").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+        assert!(matches!(
+            p("lowerdir=/a,xattr_permissions=3").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+        assert!(matches!(
+            p("lowerdir=/a,squash_to_uid=me").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+    }
+
     #[test]
     fn unknown_options_are_kept_for_a_warning() {
-        let r = p("lowerdir=/a,context=\"system_u:object_r:container_file_t:s0:c1,c2\",uidmapping=0:1000:1").unwrap();
-        assert_eq!(
-            r.ignored,
-            vec![
-                "context=\"system_u:object_r:container_file_t:s0:c1,c2\"".to_string(),
-                "uidmapping=0:1000:1".into()
-            ]
-        );
+        let r =
+            p("lowerdir=/a,context=\"system_u:object_r:container_file_t:s0:c1,c2\",frobnicate=1")
+                .unwrap();
+        assert_eq!(r.ignored, vec!["frobnicate=1".to_string()]);
     }
 
     #[test]
     fn several_o_arguments_and_escapes() {
-        let r = parse(&[
-            "lowerdir=/a\\,b".into(),
-            "ro,noatime,timeout=2.5,threads=3".into(),
-        ])
+        let r = parse(
+            &[
+                "lowerdir=/a\\,b".into(),
+                "ro,noatime,timeout=2.5,threads=3".into(),
+            ],
+            USER,
+        )
         .unwrap();
         assert_eq!(r.config.lowers, vec![PathBuf::from("/a,b")]);
         assert!(r.config.read_only && r.spec.read_only);

@@ -19,6 +19,27 @@ pub struct Config {
     /// Skip fsync/fdatasync on the upper ("volatile"): faster, and a crash
     /// may lose recent writes.
     pub volatile: bool,
+    /// Keep the ownership, mode and type of objects the daemon cannot give
+    /// them (no chown, no mknod) in an override-stat attribute, and report
+    /// them through the mount (fuse-overlayfs's `xattr_permissions=`).
+    pub override_stat: Option<OverrideStat>,
+    /// No extended attributes through the mount (`noxattrs=1`).
+    pub no_xattrs: bool,
+    /// Directories report a link count of 1 (`static_nlink`).
+    pub static_nlink: bool,
+    /// Inode numbers fit in 32 bits, for 32-bit programs (`ino32_t`).
+    pub ino32: bool,
+}
+
+/// Where the override-stat attribute is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverrideStat {
+    /// `xattr_permissions=1`: a namespace only privileged processes can
+    /// set (`security.*`).
+    Privileged,
+    /// `xattr_permissions=2`: the `user.*` namespace, as containers-storage
+    /// writes it for rootless containers.
+    User,
 }
 
 impl Config {

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use plyfs_sys as sys;
 
 pub use attr::SetAttr;
-pub use config::Config;
+pub use config::{Config, OverrideStat};
 pub use error::{Errno, Result, SetupError};
 pub use file::OpenFile;
 pub use inode::{Ino, ROOT_INO};

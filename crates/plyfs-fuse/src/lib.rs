@@ -7,6 +7,7 @@ mod coherence;
 mod convert;
 mod dispatch;
 mod handles;
+mod ids;
 mod listings;
 mod mount;
 mod passthrough;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use plyfs_core::Overlay;
 
+pub use ids::{IdMap, IdMapError, IdMapping, IdRange};
 pub use mount::{MountSpec, Mounted, Unmounter, mount};
 
 /// How the kernel may cache what plyfs tells it.
@@ -30,6 +32,8 @@ pub struct FuseOptions {
     /// Let the kernel cache writes (FUSE writeback cache) when passthrough
     /// is not in use: the kernel allows one or the other.
     pub writeback: bool,
+    /// How the ids stored in the layers show through the mount.
+    pub ids: IdMapping,
 }
 
 impl Default for FuseOptions {
@@ -39,6 +43,7 @@ impl Default for FuseOptions {
             threads: default_threads(),
             passthrough: true,
             writeback: true,
+            ids: IdMapping::default(),
         }
     }
 }
