@@ -177,13 +177,8 @@ fn daemon_child(
 }
 
 fn mount(ov: &Arc<Overlay>, mp: &Path, req: &MountRequest) -> Result<plyfs_fuse::Mounted, Failure> {
-    plyfs_fuse::mount(ov.clone(), mp, &req.spec, req.fuse.clone()).map_err(|e| {
-        fail!(
-            "cannot mount at {}: {}",
-            mp.display(),
-            plyfs_core::Errno::from(e)
-        )
-    })
+    plyfs_fuse::mount(ov.clone(), mp, &req.spec, req.fuse.clone())
+        .map_err(|e| fail!("cannot mount at {}: {e}", mp.display()))
 }
 
 /// Serves until unmounted; a termination signal unmounts.

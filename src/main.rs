@@ -10,23 +10,26 @@ mod options;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "plyfs",
-    version,
     about = "Union filesystem in userspace with the kernel overlayfs's semantics",
     args_conflicts_with_subcommands = true,
-    override_usage = "plyfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       plyfs demo"
+    disable_version_flag = true,
+    override_usage = "plyfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
+                      plyfs [SOURCE] MOUNTPOINT -o OPTS   (mount.fuse3's form: mount -t fuse.plyfs, fstab)\n       \
+                      plyfs demo | completions SHELL | man"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Mount options, comma-separated: lowerdir=, upperdir=, workdir=,
-    /// allow_other, allow_root, default_permissions, ro, fsname=, subtype=,
-    /// userxattr, volatile, fsync=0, timeout=SECONDS, threads=N, debug,
+    /// Mount options, comma-separated (see the README for all of them):
+    /// lowerdir=, upperdir=, workdir=, allow_other, default_permissions,
+    /// ro, fsname=, userxattr, volatile, uidmapping=, gidmapping=,
+    /// squash_to_root, xattr_permissions=, passthrough=, threads=, debug,
     /// and kernel flags (nodev, nosuid, noexec, noatime).
     #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
     options: Vec<String>,
@@ -34,10 +37,15 @@ struct Cli {
     #[arg(short = 'f')]
     foreground: bool,
     /// Log every request (implies -f).
-    #[arg(short = 'd')]
+    #[arg(short = 'd', long = "debug")]
     debug: bool,
-    /// Where to mount the union.
-    mountpoint: Option<PathBuf>,
+    /// Print the version (first line as fuse-overlayfs prints it).
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+    /// [SOURCE] MOUNTPOINT: where to mount the union; a SOURCE before it
+    /// (as mount.fuse3 passes it) names the mount (its fsname).
+    #[arg(value_name = "MOUNTPOINT", num_args = 0..=2)]
+    targets: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,6 +53,13 @@ enum Command {
     /// Build a three-layer example image in a temporary directory, mount
     /// it, show and change it, and unmount.
     Demo,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. plyfs man > plyfs.1
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -66,11 +81,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.version {
+        // Container tools parse the first line.
+        println!("plyfs: version {}", env!("CARGO_PKG_VERSION"));
+        println!("FUSE library: fuser (no libfuse)");
+        return ExitCode::SUCCESS;
+    }
     let result = match cli.command {
         Some(Command::Demo) => {
             init_logging(false);
             demo::run()
         }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "plyfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Some(Command::Man) => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| daemon::Failure(format!("cannot write the manual page: {e}"))),
         None => mount(cli),
     };
     match result {
@@ -88,10 +117,20 @@ fn mount(cli: Cli) -> Result<(), daemon::Failure> {
     };
     let mut req =
         options::parse(&cli.options, defaults).map_err(|e| daemon::Failure(e.to_string()))?;
-    let Some(mountpoint) = cli.mountpoint else {
-        return Err(daemon::Failure(
-            "no mount point given (see plyfs --help)".into(),
-        ));
+    let mountpoint = match cli.targets.as_slice() {
+        [mp] => mp.clone(),
+        [source, mp] => {
+            // mount.fuse3's SOURCE names the mount, unless fsname= does.
+            if !cli.options.iter().any(|o| o.contains("fsname=")) {
+                req.spec.fsname = source.to_string_lossy().into_owned();
+            }
+            mp.clone()
+        }
+        _ => {
+            return Err(daemon::Failure(
+                "no mount point given (see plyfs --help)".into(),
+            ));
+        }
     };
     req.debug |= cli.debug;
     init_logging(req.debug);

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use crate::config::Config;
 use crate::error::{Errno, SetupError};
 use crate::markers;
-use crate::sys::{fs, handle};
+use crate::sys::{fs, handle, process};
 use crate::util;
 
 /// Index of a layer in [`Layers::all`]; the upper, when there is one, is 0.
@@ -306,9 +306,14 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
             upper: upper_path.to_path_buf(),
         });
     }
+    // The kernel makes these mode 000: only a process that may override
+    // modes can use them, and root can. Without that privilege (a plain
+    // user through fusermount3) they must be ours to read: 0700 keeps them
+    // as private. The kernel recreates work/ on its next mount anyway.
+    let mode = if process::geteuid() == 0 { 0 } else { 0o700 };
     let sub = |name: &str| -> Result<Arc<OwnedFd>, SetupError> {
         let name = OsStr::new(name);
-        match fs::mkdirat(root.as_fd(), name, 0) {
+        match fs::mkdirat(root.as_fd(), name, mode) {
             Ok(()) => {}
             Err(e) if e == Errno::EEXIST => {}
             Err(e) => return Err(werr("cannot create work directory")(e)),
@@ -320,6 +325,14 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
             0,
         )
         .map_err(werr("cannot open work directory"))?;
+        // One left mode 000 by the kernel or by root, but ours: make it
+        // usable.
+        if fs::list_names(fd.as_fd()) == Err(Errno::EACCES)
+            && fs::fstat(fd.as_fd()).is_ok_and(|st| st.st_uid == process::geteuid())
+        {
+            fs::fchmodat(root.as_fd(), name, 0o700)
+                .map_err(werr("cannot make the work directory readable"))?;
+        }
         Ok(Arc::new(fd))
     };
     let work = sub("work")?;

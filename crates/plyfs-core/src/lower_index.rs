@@ -133,7 +133,18 @@ impl LowerIndex {
         };
         let bytes = postcard::to_allocvec(&file).map_err(|_| Errno::EIO)?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes)?;
+        {
+            // Only the daemon's user may change what lookups will trust.
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+        }
         std::fs::rename(&tmp, path)?;
         debug!("lower index: {n} directories saved to {}", path.display());
         Ok(())

@@ -19,13 +19,6 @@ use crate::convert::{self, attr, errno};
 use crate::listings::Full;
 use crate::passthrough::Answer;
 
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
 impl Filesystem for PlyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         use fuser::InitFlags as F;
@@ -66,7 +59,7 @@ impl Filesystem for PlyFs {
             None => self.ov.getattr(ino.0),
         };
         match r {
-            Ok(st) => reply.attr(&self.opts.timeout, &attr(&st)),
+            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -89,6 +82,15 @@ impl Filesystem for PlyFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // An id without a mapping cannot be stored.
+        let ids = &self.opts.ids;
+        let (uid, gid) = match (
+            uid.map(|u| ids.uids.to_disk(u)),
+            gid.map(|g| ids.gids.to_disk(g)),
+        ) {
+            (Some(None), _) | (_, Some(None)) => return reply.error(fuser::Errno::EINVAL),
+            (u, g) => (u.flatten(), g.flatten()),
+        };
         let set = SetAttr {
             mode,
             uid,
@@ -99,7 +101,7 @@ impl Filesystem for PlyFs {
         };
         let file = fh.and_then(|fh| self.handles.get(fh).ok());
         match self.ov.setattr(ino.0, &set, file.as_deref()) {
-            Ok(st) => reply.attr(&self.opts.timeout, &attr(&st)),
+            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -123,7 +125,7 @@ impl Filesystem for PlyFs {
     ) {
         let r = self
             .ov
-            .mknod(parent.0, name, mode, u64::from(rdev), caller(req));
+            .mknod(parent.0, name, mode, u64::from(rdev), self.caller(req));
         self.reply_created(reply, r);
         self.coherence.changed(parent.0, true);
     }
@@ -137,7 +139,7 @@ impl Filesystem for PlyFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.ov.mkdir(parent.0, name, mode, caller(req));
+        let r = self.ov.mkdir(parent.0, name, mode, self.caller(req));
         self.reply_created(reply, r);
         self.coherence.changed(parent.0, true);
     }
@@ -162,7 +164,7 @@ impl Filesystem for PlyFs {
     ) {
         let r = self
             .ov
-            .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+            .symlink(parent.0, link_name, target.as_os_str(), self.caller(req));
         self.reply_created(reply, r);
         self.coherence.changed(parent.0, true);
     }
@@ -358,7 +360,7 @@ impl Filesystem for PlyFs {
             let Ok(entry) = self.ov.lookup(ino.0, &e.name) else {
                 return Full::No;
             };
-            let a = attr(&entry.attr);
+            let a = self.attr(&entry.attr);
             let generation = Generation(entry.generation);
             let full = reply.add(INodeNo(entry.ino), next, &e.name, &ttl, &a, generation);
             if full {
@@ -438,7 +440,7 @@ impl Filesystem for PlyFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        empty(reply, self.ov.access(ino.0, mask.bits(), caller(req)));
+        empty(reply, self.ov.access(ino.0, mask.bits(), self.caller(req)));
     }
 
     fn create(
@@ -452,11 +454,14 @@ impl Filesystem for PlyFs {
         reply: ReplyCreate,
     ) {
         let flags = self.handles.open_flags(flags);
-        match self.ov.create(parent.0, name, mode, flags, caller(req)) {
+        match self
+            .ov
+            .create(parent.0, name, mode, flags, self.caller(req))
+        {
             Ok((entry, file)) => {
                 let (ttl, a, generation) = (
                     &self.opts.timeout,
-                    attr(&entry.attr),
+                    self.attr(&entry.attr),
                     Generation(entry.generation),
                 );
                 match self
@@ -559,6 +564,20 @@ impl Filesystem for PlyFs {
 }
 
 impl PlyFs {
+    /// Who asks, in the ids the layers store.
+    fn caller(&self, req: &Request) -> Caller {
+        let (uid, gid) = self.opts.ids.caller_to_disk(req.uid(), req.gid());
+        Caller { uid, gid }
+    }
+
+    /// A stat as the kernel is told it, owners as the mount shows them.
+    fn attr(&self, st: &plyfs_core::Stat) -> fuser::FileAttr {
+        let mut a = attr(st);
+        a.uid = self.opts.ids.uid_to_mount(a.uid);
+        a.gid = self.opts.ids.gid_to_mount(a.gid);
+        a
+    }
+
     /// Answers a removal, then drops stale cached reads of what changed.
     fn removed(&self, reply: ReplyEmpty, parent: u64, r: Result<u64, Errno>) {
         let gone = r.as_ref().ok().copied();
@@ -571,7 +590,11 @@ impl PlyFs {
 
     fn reply_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
         match r {
-            Ok(e) => reply.entry(&self.opts.timeout, &attr(&e.attr), Generation(e.generation)),
+            Ok(e) => reply.entry(
+                &self.opts.timeout,
+                &self.attr(&e.attr),
+                Generation(e.generation),
+            ),
             Err(e) if e == Errno::ENOENT => {
                 // Cache the miss in the kernel too: only plyfs changes the
                 // union, through the kernel, which keeps its cache right.
@@ -585,7 +608,11 @@ impl PlyFs {
         match r {
             Ok(e) => {
                 debug!(ino = e.ino, "created");
-                reply.entry(&self.opts.timeout, &attr(&e.attr), Generation(e.generation))
+                reply.entry(
+                    &self.opts.timeout,
+                    &self.attr(&e.attr),
+                    Generation(e.generation),
+                )
             }
             Err(e) => reply.error(errno(e)),
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use plyfs_core::Overlay;
 
 pub use ids::{IdMap, IdMapError, IdMapping, IdRange};
-pub use mount::{MountSpec, Mounted, Unmounter, mount};
+pub use mount::{MountError, MountSpec, Mounted, Unmounter, mount};
 
 /// How the kernel may cache what plyfs tells it.
 #[derive(Clone, Debug)]

@@ -483,6 +483,28 @@ pub fn list_names(dir: BorrowedFd<'_>) -> Result<Vec<OsString>> {
     Ok(v)
 }
 
+/// mount(2): `source` on `target` with filesystem type `fstype`, `flags`
+/// (`MS_*`) and the filesystem's own option string `data`.
+pub fn mount(source: &str, target: &Path, fstype: &str, flags: u64, data: &str) -> Result<()> {
+    let cstr = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| Errno::EINVAL);
+    let (src, tgt) = (
+        cstr(source.as_bytes())?,
+        cstr(target.as_os_str().as_bytes())?,
+    );
+    let (fst, dat) = (cstr(fstype.as_bytes())?, cstr(data.as_bytes())?);
+    // SAFETY: NUL-terminated strings that live across the call.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fst.as_ptr(),
+            flags as libc::c_ulong,
+            dat.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
 /// Unmounts a mount point; `lazy` detaches it even while it is busy.
 pub fn umount(path: &Path, lazy: bool) -> Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
