@@ -89,6 +89,13 @@ impl Overlay {
         };
         let work = self.layers.work.as_ref().ok_or(Errno::EROFS)?;
         let pst = fs::fstat(udir.as_fd())?;
+        // A name deleted since the object was opened (the kernel flushes
+        // cached times of an unlinked file, say) must stay deleted. A char
+        // whiteout refuses the copy's rename with EEXIST, as in the kernel;
+        // an OCI whiteout beside the name refuses it alike.
+        if markers::has_oci_whiteout(udir.as_fd(), &state.name)? {
+            return Err(Errno::EEXIST);
+        }
         debug!(ino = node.ino, name = ?state.name, "copy-up");
         let fh = self.origin_fh(&lower).ok().flatten();
         let tmp = util::temp_name();
