@@ -14,7 +14,9 @@ mod scratch;
 mod tree;
 
 pub mod ops;
+pub mod podman;
 pub mod random;
+pub mod users;
 
 // One use, so one allow covers what a given binary leaves unused.
 #[allow(unused_imports)]
