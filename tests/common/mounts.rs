@@ -40,10 +40,25 @@ impl PlyfsMount {
     }
 
     pub fn try_new(opts: &str, mnt: &Path) -> Result<PlyfsMount, String> {
+        Self::try_new_via(&[], opts, mnt)
+    }
+
+    /// Mounts with the daemon started through `wrap` (a command that runs
+    /// the rest of its command line, such as `setpriv --reuid=...`): a
+    /// daemon of another user, or with fewer capabilities.
+    pub fn try_new_via(wrap: &[&str], opts: &str, mnt: &Path) -> Result<PlyfsMount, String> {
         std::fs::create_dir_all(mnt).map_err(|e| e.to_string())?;
         // PLYFS_TEST_DEBUG=1 logs every request of the test's mounts.
         let debug = std::env::var_os("PLYFS_TEST_DEBUG").is_some();
-        let mut child = Command::new(PLYFS)
+        let mut cmd = match wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(PLYFS);
+                c
+            }
+            None => Command::new(PLYFS),
+        };
+        let mut child = cmd
             .args(if debug {
                 &["-d", "-o"][..]
             } else {

@@ -38,8 +38,9 @@ impl Overlay {
         self.node_attr(&node)
     }
 
-    /// Attributes of a node: the real object's, with the union's inode
-    /// number and link count.
+    /// Attributes of a node: the real object's (with what its override
+    /// says, in an override layer), with the union's inode number and
+    /// link count.
     pub(crate) fn node_attr(&self, node: &Node) -> Result<Stat> {
         let s = node.state.read();
         let mut st = match (&s.upper, &s.lower_stat) {
@@ -47,9 +48,12 @@ impl Overlay {
             (None, Some(ls)) => *ls,
             (None, None) => s.lowers.first().ok_or(Errno::ESTALE)?.stat()?,
         };
+        if let Some(o) = s.shown_ovr() {
+            o.apply(&mut st);
+        }
         st.st_ino = self.st_ino(node);
         if node.is_dir() {
-            if s.is_merged_dir() {
+            if self.config.static_nlink || s.is_merged_dir() {
                 // As the kernel: counting subdirectories of every layer is
                 // not worth it, and 1 tells find(1) not to rely on it.
                 st.st_nlink = 1;
@@ -66,8 +70,15 @@ impl Overlay {
     /// Attributes as seen through an open file (which may be unlinked).
     pub fn getattr_open(&self, file: &OpenFile) -> Result<Stat> {
         let node = self.node(file.ino())?;
-        if node.state.read().unlinked {
+        let (unlinked, ovr) = {
+            let s = node.state.read();
+            (s.unlinked, s.upper_ovr)
+        };
+        if unlinked {
             let mut st = file.stat()?;
+            if let Some(o) = ovr.filter(|_| file.on_upper()) {
+                o.apply(&mut st);
+            }
             st.st_ino = self.st_ino(&node);
             return Ok(st);
         }
@@ -87,14 +98,17 @@ impl Overlay {
         }
         self.copy_up(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
-        if set.uid.is_some() || set.gid.is_some() {
+        // In an override layer the real object stays the daemon's.
+        let kept = (set.uid.is_some() || set.gid.is_some() || set.mode.is_some())
+            && self.set_kept_owner(&node, &upper, set)?;
+        if !kept && (set.uid.is_some() || set.gid.is_some()) {
             let (uid, gid) = (set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX));
             match upper.at() {
                 Some((d, n)) => fs::fchownat(d, n, uid, gid)?,
                 None => with_pinned(&upper, |fd| fs::fchown(fd, uid, gid))?,
             }
         }
-        if let Some(mode) = set.mode {
+        if let Some(mode) = set.mode.filter(|_| !kept) {
             if node.kind == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
             }

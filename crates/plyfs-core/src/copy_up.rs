@@ -13,7 +13,7 @@ use tracing::debug;
 use crate::Overlay;
 use crate::error::{Errno, Result};
 use crate::inode::{Node, NodeState, ROOT_INO, Real};
-use crate::markers;
+use crate::markers::{self, StatOverride};
 use crate::sys::fs::{self, SetTime, Stat};
 use crate::sys::xattr;
 use crate::util;
@@ -99,9 +99,18 @@ impl Overlay {
         debug!(ino = node.ino, name = ?state.name, "copy-up");
         let fh = self.origin_fh(&lower).ok().flatten();
         let tmp = util::temp_name();
+        let mut upper_ovr = None;
         let placed = self
-            .build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind)
-            .and_then(|()| {
+            .build_copy(
+                work.work.as_fd(),
+                &tmp,
+                &lower,
+                &lst,
+                node.kind,
+                state.lower_ovr,
+            )
+            .and_then(|ovr| {
+                upper_ovr = ovr;
                 if let Some(fh) = &fh {
                     self.markers()
                         .set_origin(work.work.as_fd(), &tmp, &fh.encode())?;
@@ -118,7 +127,7 @@ impl Overlay {
             let _ = util::remove_tree(work.work.as_fd(), &tmp);
             return Err(e);
         }
-        self.set_upper(node, parent, &udir, &state)?;
+        self.set_upper(node, parent, &udir, &state, upper_ovr)?;
         if fh.is_some() {
             self.mark_impure(parent)?;
         }
@@ -133,6 +142,7 @@ impl Overlay {
         parent: &Node,
         udir: &Arc<OwnedFd>,
         state: &NodeState,
+        upper_ovr: Option<StatOverride>,
     ) -> Result<()> {
         let upper = if node.is_dir() {
             let fd = fs::openat(
@@ -153,7 +163,11 @@ impl Overlay {
                 name: state.name.clone(),
             }
         };
-        node.state.write().upper = Some(upper);
+        {
+            let mut s = node.state.write();
+            s.upper = Some(upper);
+            s.upper_ovr = upper_ovr;
+        }
         parent.bump_version();
         // A copied directory is merged now (link count 1), a copied file
         // reports its copy's times and blocks: what the kernel cached of
@@ -162,7 +176,10 @@ impl Overlay {
         Ok(())
     }
 
-    /// Builds the copy of `lower` as `tmp` in the work directory.
+    /// Builds the copy of `lower` (real stat `lst`, override `lower_ovr`)
+    /// as `tmp` in the work directory, with the owner and mode the union
+    /// shows for it; returns the override it stored, in a mount that keeps
+    /// them.
     pub(crate) fn build_copy(
         &self,
         work: BorrowedFd<'_>,
@@ -170,7 +187,12 @@ impl Overlay {
         lower: &Real,
         lst: &Stat,
         kind: u32,
-    ) -> Result<()> {
+        lower_ovr: Option<StatOverride>,
+    ) -> Result<Option<StatOverride>> {
+        let mut shown = *lst;
+        if let Some(o) = lower_ovr {
+            o.apply(&mut shown);
+        }
         match kind {
             libc::S_IFDIR => fs::mkdirat(work, tmp, 0o700)?,
             libc::S_IFREG => {
@@ -196,9 +218,12 @@ impl Overlay {
                 };
                 fs::symlinkat(&fs::os_string(target), work, tmp)?;
             }
-            _ => fs::mknodat(work, tmp, kind | 0o600, lst.st_rdev)?,
+            _ => self.make_special(work, tmp, kind, 0o600, lst.st_rdev)?,
         }
-        copy_meta(lower, lst, work, tmp)
+        if self.markers().keeps_overrides() {
+            return self.copy_meta_kept(lower, &shown, work, tmp);
+        }
+        copy_meta(lower, &shown, work, tmp).map(|()| None)
     }
 
     /// Marks an upper directory impure (where the format has the mark): it
@@ -294,6 +319,11 @@ pub(crate) fn copy_meta(src: &Real, st: &Stat, dir: BorrowedFd<'_>, name: &OsStr
     if kind != libc::S_IFLNK {
         fs::fchmodat(dir, name, st.st_mode & 0o7777)?;
     }
+    set_times(dir, name, st)
+}
+
+/// The times of `st` onto `name` in `dir`.
+pub(crate) fn set_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
     fs::utimensat(
         dir,
         name,

@@ -15,7 +15,8 @@ use tracing::debug;
 use crate::error::{Errno, Result};
 use crate::inode::{Found, Ino, Node, NodeState, Real};
 use crate::lower_index::EntryKind;
-use crate::markers::{self, UpperSlot};
+use crate::markers::{self, StatOverride, UpperSlot};
+use crate::ownership::NewOwner;
 use crate::sys::fs;
 use crate::{Caller, Entry, Overlay, util};
 
@@ -102,7 +103,7 @@ impl Overlay {
         let udir = self.upper_dir_of(&pnode)?;
         let work = self.work_fd()?;
         let kind = mode & libc::S_IFMT;
-        let pst = fs::fstat(udir.as_fd())?;
+        let pst = self.shown_dir_stat(&pnode, udir.as_fd())?;
         // The kernel's inode_init_owner: set-group-ID directories pass on
         // their group (and, to subdirectories, the bit itself).
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
@@ -121,6 +122,7 @@ impl Overlay {
         {
             perm &= !libc::S_ISGID;
         }
+        let owner = self.new_owner(kind, perm, rdev, caller.uid, gid);
         let slot = markers::upper_slot(udir.as_fd(), name)?;
         if matches!(slot, UpperSlot::Dir | UpperSlot::Other) {
             return Err(Errno::EEXIST);
@@ -132,25 +134,17 @@ impl Overlay {
         // is made right in its upper directory, as the kernel makes it
         // (and where its inode is allocated near its siblings).
         if slot == UpperSlot::Empty && !(kind == libc::S_IFDIR && over_whiteout) {
-            self.create_in_place(
-                udir.as_fd(),
-                name,
-                kind,
-                perm,
-                rdev,
-                target,
-                caller.uid,
-                gid,
-            )?;
+            let kept = self.create_in_place(udir.as_fd(), name, kind, rdev, target, &owner)?;
             if over_oci {
                 let _ = self.markers().clear_whiteout(udir.as_fd(), name);
             }
-            let entry = self.entry_for_new(&pnode, &udir, name, false)?;
+            let ovr = owner.ovr.filter(|_| kept);
+            let entry = self.entry_for_new(&pnode, &udir, name, false, ovr)?;
             debug!(parent, ?name, ino = entry.ino, "created");
             return Ok(entry);
         }
         let tmp = util::temp_name();
-        let built = (|| -> Result<()> {
+        let built = (|| -> Result<bool> {
             match kind {
                 libc::S_IFDIR => fs::mkdirat(work.as_fd(), &tmp, 0o700)?,
                 libc::S_IFREG => drop(fs::openat(
@@ -160,12 +154,9 @@ impl Overlay {
                     0o600,
                 )?),
                 libc::S_IFLNK => fs::symlinkat(target.ok_or(Errno::EINVAL)?, work.as_fd(), &tmp)?,
-                _ => fs::mknodat(work.as_fd(), &tmp, kind | 0o600, rdev)?,
+                _ => self.make_special(work.as_fd(), &tmp, kind, 0o600, rdev)?,
             }
-            fs::fchownat(work.as_fd(), &tmp, caller.uid, gid)?;
-            if kind != libc::S_IFLNK {
-                fs::fchmodat(work.as_fd(), &tmp, perm)?;
-            }
+            let kept = self.apply_owner(work.as_fd(), &tmp, kind, &owner)?;
             // A directory made where a name was deleted must not show the
             // lower directory that was deleted.
             if kind == libc::S_IFDIR && over_whiteout {
@@ -177,39 +168,42 @@ impl Overlay {
                 udir.as_fd(),
                 name,
                 slot == UpperSlot::Whiteout,
-            )
+            )?;
+            Ok(kept)
         })();
-        if let Err(e) = built {
-            let _ = util::remove_tree(work.as_fd(), &tmp);
-            return Err(e);
-        }
+        let kept = match built {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = util::remove_tree(work.as_fd(), &tmp);
+                return Err(e);
+            }
+        };
         if over_oci {
             let _ = self.markers().clear_whiteout(udir.as_fd(), name);
         }
-        let entry =
-            self.entry_for_new(&pnode, &udir, name, kind == libc::S_IFDIR && over_whiteout)?;
+        let opaque = kind == libc::S_IFDIR && over_whiteout;
+        let ovr = owner.ovr.filter(|_| kept);
+        let entry = self.entry_for_new(&pnode, &udir, name, opaque, ovr)?;
         debug!(parent, ?name, ino = entry.ino, "created");
         Ok(entry)
     }
 
-    /// Makes `name` in upper directory `udir` with its owner and mode. A
-    /// regular file is built unnamed (O_TMPFILE) and linked in whole; other
-    /// objects appear with no permissions until they have their owner.
-    #[allow(clippy::too_many_arguments)]
+    /// Makes `name` in upper directory `udir` with its owner and mode;
+    /// returns whether an override was stored. A regular file is built
+    /// unnamed (O_TMPFILE) and linked in whole; other objects that need a
+    /// chown appear with no permissions until they have their owner.
     fn create_in_place(
         &self,
         udir: BorrowedFd<'_>,
         name: &OsStr,
         kind: u32,
-        perm: u32,
         rdev: u64,
         target: Option<&OsStr>,
-        uid: u32,
-        gid: u32,
-    ) -> Result<()> {
+        owner: &NewOwner,
+    ) -> Result<bool> {
         // Root's objects need no chown, so no chmod after it either.
-        let owned = uid == 0 && gid == 0;
-        let first_mode = if owned { perm } else { 0 };
+        let chown = owner.chown.filter(|&ids| ids != (0, 0));
+        let first_mode = if chown.is_some() { 0 } else { owner.perm };
         if kind == libc::S_IFREG {
             match fs::openat(
                 udir,
@@ -218,11 +212,16 @@ impl Overlay {
                 first_mode,
             ) {
                 Ok(fd) => {
-                    if !owned {
+                    if let Some((uid, gid)) = chown {
                         fs::fchown_open(fd.as_fd(), uid, gid)?;
-                        fs::fchmod(fd.as_fd(), perm)?;
+                        fs::fchmod(fd.as_fd(), owner.perm)?;
                     }
-                    return fs::linkat_fd(fd.as_fd(), udir, name);
+                    let kept = match &owner.ovr {
+                        Some(o) => self.markers().set_override(fd.as_fd(), OsStr::new(""), o)?,
+                        None => false,
+                    };
+                    fs::linkat_fd(fd.as_fd(), udir, name)?;
+                    return Ok(kept);
                 }
                 // Filesystems without O_TMPFILE: create by name below.
                 Err(e) if e == Errno::EOPNOTSUPP || e == Errno::EISDIR || e == Errno::EINVAL => {}
@@ -238,18 +237,12 @@ impl Overlay {
                 first_mode,
             )?),
             libc::S_IFLNK => fs::symlinkat(target.ok_or(Errno::EINVAL)?, udir, name)?,
-            _ => fs::mknodat(udir, name, kind | first_mode, rdev)?,
+            _ => self.make_special(udir, name, kind, first_mode, rdev)?,
         }
-        if owned {
-            return Ok(());
+        if chown.is_none() && owner.ovr.is_none() {
+            return Ok(false);
         }
-        let finish = (|| {
-            fs::fchownat(udir, name, uid, gid)?;
-            if kind != libc::S_IFLNK {
-                fs::fchmodat(udir, name, perm)?;
-            }
-            Ok(())
-        })();
+        let finish = self.apply_owner(udir, name, kind, &NewOwner { chown, ..*owner });
         if finish.is_err() {
             let _ = fs::unlinkat(udir, name, kind == libc::S_IFDIR);
         }
@@ -284,6 +277,7 @@ impl Overlay {
         udir: &Arc<OwnedFd>,
         name: &OsStr,
         opaque: bool,
+        upper_ovr: Option<StatOverride>,
     ) -> Result<Entry> {
         let st = fs::fstatat(udir.as_fd(), name)?;
         let kind = util::kind(st.st_mode);
@@ -317,8 +311,10 @@ impl Overlay {
             impure: false,
             indexed: false,
             nlink: None,
+            upper_ovr,
+            lower_ovr: None,
         };
-        let node = self.node_from(found, pnode.ino, name, true);
+        let node = self.node_from(found, pnode.ino, name, true)?;
         pnode.bump_version();
         pnode.set_child(name, &node);
         let attr = self.node_attr(&node)?;

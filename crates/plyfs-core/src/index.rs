@@ -99,11 +99,13 @@ impl Overlay {
             n.union_count(lower_nlink, st.st_nlink)
                 .is_some_and(|c| c > 0)
         });
-        found.upper = Some(Real::At {
+        let upper = Real::At {
             layer: 0,
             dir: work.index.clone(),
             name: Arc::from(iname.as_os_str()),
-        });
+        };
+        found.upper_ovr = self.read_ovr(&upper)?;
+        found.upper = Some(upper);
         found.upper_stat = Some(st);
         found.indexed = true;
         Ok(())
@@ -123,13 +125,27 @@ impl Overlay {
             None => lower.stat()?,
         };
         debug!(ino = node.ino, ?iname, "copy-up to the index");
+        let upper = Real::At {
+            layer: 0,
+            dir: work.index.clone(),
+            name: Arc::from(iname),
+        };
+        let mut upper_ovr = None;
         if fs::fstatat(work.index.as_fd(), iname).is_err() {
             let fh = self.origin_fh(&lower)?.ok_or(Errno::EIO)?;
             let tmp = util::temp_name();
             let markers = self.markers();
             let built = self
-                .build_copy(work.work.as_fd(), &tmp, &lower, &lst, node.kind)
-                .and_then(|()| {
+                .build_copy(
+                    work.work.as_fd(),
+                    &tmp,
+                    &lower,
+                    &lst,
+                    node.kind,
+                    state.lower_ovr,
+                )
+                .and_then(|ovr| {
+                    upper_ovr = ovr;
                     if markers.set_origin(work.work.as_fd(), &tmp, &fh.encode())? {
                         // The union's link count, relative to the lower's:
                         // right whatever happens to the upper names.
@@ -151,15 +167,14 @@ impl Overlay {
                 let _ = util::remove_tree(work.work.as_fd(), &tmp);
                 return Err(e);
             }
+        } else {
+            upper_ovr = self.read_ovr(&upper)?;
         }
         let nlink = Markers::read(work.index.as_fd(), iname)?.nlink;
         {
             let mut s = node.state.write();
-            s.upper = Some(Real::At {
-                layer: 0,
-                dir: work.index.clone(),
-                name: Arc::from(iname),
-            });
+            s.upper = Some(upper);
+            s.upper_ovr = upper_ovr;
             s.indexed = true;
             s.nlink = nlink;
         }

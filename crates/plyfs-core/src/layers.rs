@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::config::Config;
+use crate::config::{Config, OverrideStat};
 use crate::error::{Errno, SetupError};
-use crate::markers;
+use crate::markers::{self, Markers, OverrideNs, StatOverride};
 use crate::sys::{fs, handle, process};
 use crate::util;
 
@@ -31,6 +31,9 @@ pub(crate) struct Layer {
     /// UUID of that filesystem, for matching origin file handles.
     pub uuid: Option<[u8; 16]>,
     pub is_upper: bool,
+    /// The override-stat attribute this layer's objects report their owner,
+    /// mode and type from (fuse-overlayfs's "override layer").
+    pub overrides: Option<OverrideNs>,
 }
 
 /// The work directory: `work/` for objects under construction, `index/`
@@ -140,12 +143,30 @@ impl Layers {
             }
         };
 
+        // The upper reads (and writes) the attribute the mount is told to
+        // keep; without the option, one its root carries from before.
+        let wanted = config.override_stat.map(|o| match o {
+            OverrideStat::Privileged => OverrideNs::Privileged,
+            OverrideStat::User => OverrideNs::Containers,
+        });
+        if let Some(upper) = all.first_mut().filter(|l| l.is_upper)
+            && wanted.is_some()
+        {
+            upper.overrides = wanted;
+        }
         let markers = match &work {
             Some(w) if !config.read_only => {
-                markers::Writer::probe(w.work.as_fd(), config.userxattr)
+                let ns = all.first().filter(|l| l.is_upper).and_then(|l| l.overrides);
+                markers::Writer::probe(w.work.as_fd(), config.userxattr, ns)
             }
             _ => markers::Writer::read_only(config.userxattr),
         };
+        if wanted.is_some()
+            && markers.keeps_overrides()
+            && let Some(upper) = all.first().filter(|l| l.is_upper)
+        {
+            mark_override_layer(upper, &markers)?;
+        }
         debug!("upper format: {}", markers.describe());
         Ok(Layers {
             all,
@@ -180,6 +201,9 @@ fn open_layer(role: &'static str, path: &Path, is_upper: bool) -> Result<Layer, 
         errno,
     })?;
     let uuid = handle::fs_uuid(root.as_fd()).ok();
+    let overrides = Markers::read(root.as_fd(), OsStr::new("."))
+        .map_err(err)?
+        .override_ns();
     Ok(Layer {
         path: path.to_path_buf(),
         root: Arc::new(root),
@@ -188,7 +212,35 @@ fn open_layer(role: &'static str, path: &Path, is_upper: bool) -> Result<Layer, 
         fsid: 0,
         uuid,
         is_upper,
+        overrides,
     })
+}
+
+/// Gives the upper's root the override its objects will carry, from what
+/// it reports now, so that the next mount (or another tool) takes the
+/// upper for an override layer whatever options it is given.
+fn mark_override_layer(upper: &Layer, writer: &markers::Writer) -> Result<(), SetupError> {
+    let err = |errno| SetupError::Layer {
+        role: "upperdir",
+        path: upper.path.clone(),
+        errno,
+    };
+    let dot = OsStr::new(".");
+    let m = Markers::read(upper.root.as_fd(), dot).map_err(err)?;
+    let Some(ns) = upper.overrides else {
+        return Ok(());
+    };
+    if m.stat_override(ns).is_some() {
+        return Ok(());
+    }
+    let value = match m.override_ns().and_then(|other| m.stat_override(other)) {
+        Some(v) => v,
+        None => StatOverride::from_stat(&fs::fstat(upper.root.as_fd()).map_err(err)?),
+    };
+    writer
+        .set_override(upper.root.as_fd(), dot, &value)
+        .map_err(err)?;
+    Ok(())
 }
 
 /// (dev, ino) of a directory and all its ancestors, found by walking `..`

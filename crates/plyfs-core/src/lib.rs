@@ -19,6 +19,7 @@ mod layers;
 mod lower_index;
 mod markers;
 mod namei;
+mod ownership;
 mod prefetch;
 pub mod process;
 mod readdir;
@@ -101,7 +102,7 @@ impl Overlay {
     /// directory and makes the root of the union.
     pub fn new(config: Config) -> std::result::Result<Overlay, SetupError> {
         let layers = Layers::open(&config)?;
-        let inomap = InoMap::new(&layers);
+        let inomap = InoMap::new(&layers, config.ino32);
         fn layer_err(l: &layers::Layer) -> impl Fn(Errno) -> SetupError + '_ {
             let role = if l.is_upper { "upperdir" } else { "lowerdir" };
             move |errno| SetupError::Layer {
@@ -125,7 +126,9 @@ impl Overlay {
             .map(|(_, l)| l)
             .ok_or(SetupError::NoLowers)?;
         let lower_stat = sys::fs::fstat(first.root.as_fd()).map_err(layer_err(first))?;
-        let root_st_ino = inomap.map(first.fsid, first.root_ino);
+        let root_st_ino = inomap
+            .map(first.fsid, first.root_ino)
+            .map_err(layer_err(first))?;
         let (upper, impure) = match layers.upper() {
             Some(u) => {
                 let m = Markers::read(u.root.as_fd(), OsStr::new(".")).map_err(layer_err(u))?;
@@ -140,6 +143,18 @@ impl Overlay {
             }
             None => (None, false),
         };
+        let ovr_of = |real: Option<&Real>, l: &layers::Layer| match (real, l.overrides) {
+            (Some(r), Some(ns)) => {
+                let (dir, name) = r.xattr_target();
+                markers::read_override(dir, name, ns).map_err(layer_err(l))
+            }
+            _ => Ok(None),
+        };
+        let upper_ovr = match layers.upper() {
+            Some(u) => ovr_of(upper.as_ref(), u)?,
+            None => None,
+        };
+        let lower_ovr = ovr_of(lowers.first(), first)?;
         let inodes = InodeTable::default();
         inodes.insert_root(Node::new(
             ROOT_INO,
@@ -157,6 +172,8 @@ impl Overlay {
                 indexed: false,
                 nlink: None,
                 unlinked: false,
+                upper_ovr,
+                lower_ovr,
             },
         ));
         let index_file = layers

@@ -107,7 +107,7 @@ impl Overlay {
             }
             return Err(Errno::ENOENT);
         };
-        let node = self.node_from(found, parent.ino, name, count);
+        let node = self.node_from(found, parent.ino, name, count)?;
         if parent.dir_version.load(Ordering::Acquire) == version {
             parent
                 .children
@@ -127,7 +127,7 @@ impl Overlay {
         }
         let pstate = parent.state.read().clone();
         let found = self.resolve(parent, &pstate, name)?.ok_or(Errno::ENOENT)?;
-        Ok(self.ino_of(&found))
+        self.ino_of(&found)
     }
 
     /// Resolves `name` in `parent`: `None` when it does not exist in the
@@ -149,6 +149,8 @@ impl Overlay {
             impure: false,
             indexed: false,
             nlink: None,
+            upper_ovr: None,
+            lower_ovr: None,
         };
         let mut cursor = Some(Cursor::Parent {
             pos: 0,
@@ -169,6 +171,11 @@ impl Overlay {
                         let m = Markers::read(fd.as_fd(), OsStr::new("."))?;
                         found.opaque = m.opaque;
                         found.impure = m.impure;
+                        found.upper_ovr = self
+                            .layers
+                            .get(0)
+                            .overrides
+                            .and_then(|ns| m.stat_override(ns));
                         if let Some(raw) = &m.redirect {
                             cursor = Some(match Redirect::parse(raw)? {
                                 Redirect::Relative(r) => Cursor::Parent {
@@ -200,11 +207,13 @@ impl Overlay {
                             origin_raw = m.origin;
                             found.nlink = m.nlink;
                         }
-                        found.upper = Some(Real::At {
+                        let upper = Real::At {
                             layer: 0,
                             dir: udir.clone(),
                             name: Arc::from(name),
-                        });
+                        };
+                        found.upper_ovr = self.read_ovr(&upper)?;
+                        found.upper = Some(upper);
                         cursor = None;
                     }
                 }
@@ -259,6 +268,11 @@ impl Overlay {
             found.kind = libc::S_IFDIR;
             found.lower_stat = lower.first_stat;
             found.lowers = lower.dirs;
+        }
+        if found.upper.is_none()
+            && let Some(l) = found.lowers.first()
+        {
+            found.lower_ovr = self.read_ovr(l)?;
         }
         Ok(Some(found))
     }

@@ -117,8 +117,9 @@ impl Overlay {
                         Err(e) => return Err(e),
                     }
                 } else {
-                    self.inomap.map(self.layers.get(0).fsid, real_ino)
+                    self.inomap.map(self.layers.get(0).fsid, real_ino)?
                 };
+                let dtype = self.listed_dtype(0, udir.as_fd(), &name, dtype)?;
                 decided.insert(name.clone());
                 out.push(DirEntry { name, ino, dtype });
             }
@@ -129,13 +130,17 @@ impl Overlay {
                 if decided.contains(name) || markers::is_reserved_name(name) {
                     continue;
                 }
-                let Some(layer) = state.lowers.get(hit.pos).map(Real::layer) else {
+                let Some(lower) = state.lowers.get(hit.pos) else {
                     continue;
                 };
-                let dtype = match hit.kind {
-                    EntryKind::Dir => libc::DT_DIR,
-                    EntryKind::Other(t) => t,
-                    EntryKind::Whiteout => continue,
+                let layer = lower.layer();
+                let dtype = match (hit.kind, lower.dir_fd()) {
+                    (EntryKind::Dir, _) => libc::DT_DIR,
+                    (EntryKind::Other(t), Some(dir)) => {
+                        self.listed_dtype(layer, dir.as_fd(), name, t)?
+                    }
+                    (EntryKind::Other(t), None) => t,
+                    (EntryKind::Whiteout, _) => continue,
                 };
                 if dtype == libc::DT_DIR
                     && let (Some(p), Some(parent)) =
@@ -144,7 +149,7 @@ impl Overlay {
                 {
                     prefetch = None;
                 }
-                let ino = self.inomap.map(self.layers.get(layer).fsid, hit.ino);
+                let ino = self.inomap.map(self.layers.get(layer).fsid, hit.ino)?;
                 out.push(DirEntry {
                     name: name.to_os_string(),
                     ino,

@@ -1,5 +1,6 @@
 //! Extended attributes through the union: the real object's, minus the
-//! union's own markers, which can be neither read nor set through it.
+//! union's own markers, which can be neither read nor set through it; none
+//! at all in a `noxattrs` mount.
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -13,6 +14,7 @@ use crate::sys::xattr;
 impl Overlay {
     /// Value of attribute `name`; an empty `buf` asks for its size.
     pub fn getxattr(&self, ino: Ino, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
+        self.check_xattrs()?;
         check_attr_name(name)?;
         let real = self.real_of(ino)?;
         let (dir, n) = real.xattr_target();
@@ -21,6 +23,7 @@ impl Overlay {
 
     /// The NUL-separated names of the attributes users may see.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.check_xattrs()?;
         let real = self.real_of(ino)?;
         let (dir, n) = real.xattr_target();
         let list = xattr::list_vec(dir, n)?;
@@ -37,6 +40,7 @@ impl Overlay {
     /// Sets an attribute (copying the object up); `flags` are
     /// XATTR_CREATE / XATTR_REPLACE, which the upper's filesystem applies.
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.check_xattrs()?;
         check_attr_name(name)?;
         self.check_writable()?;
         let node = self.node(ino)?;
@@ -47,6 +51,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        self.check_xattrs()?;
         check_attr_name(name)?;
         self.check_writable()?;
         let node = self.node(ino)?;
@@ -62,6 +67,15 @@ impl Overlay {
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let (dir, n) = upper.xattr_target();
         xattr::remove(dir, n, name)
+    }
+
+    /// `noxattrs`: the answer fuse-overlayfs's users get.
+    fn check_xattrs(&self) -> Result<()> {
+        if self.config.no_xattrs {
+            Err(Errno::EOPNOTSUPP)
+        } else {
+            Ok(())
+        }
     }
 
     /// The object the union shows for `ino`: its upper, else its lower.

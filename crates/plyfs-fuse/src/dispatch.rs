@@ -412,31 +412,19 @@ impl Filesystem for PlyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.ov.setxattr(ino.0, name, value, flags));
-        self.coherence.changed(ino.0, false);
+        self.set_xattr(ino.0, name, value, flags, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let mut buf = vec![0u8; size as usize];
-        match self.ov.getxattr(ino.0, name, &mut buf) {
-            Ok(n) if size == 0 => reply.size(n as u32),
-            Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.get_xattr(ino.0, name, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.ov.listxattr(ino.0) {
-            Ok(list) if size == 0 => reply.size(list.len() as u32),
-            Ok(list) if list.len() > size as usize => reply.error(fuser::Errno::ERANGE),
-            Ok(list) => reply.data(&list),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.list_xattr(ino.0, size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.ov.removexattr(ino.0, name));
-        self.coherence.changed(ino.0, false);
+        self.remove_xattr(ino.0, name, reply);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -11,6 +11,7 @@ mod ids;
 mod listings;
 mod mount;
 mod passthrough;
+mod xattrs;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::Result;
 use crate::layers::LayerIdx;
 use crate::lower_index::LowerListing;
-use crate::markers::Nlink;
+use crate::markers::{Nlink, StatOverride};
 use crate::sys::fs::{self, Stat};
 
 pub type Ino = u64;
@@ -138,6 +138,8 @@ pub(crate) struct Found {
     pub impure: bool,
     pub indexed: bool,
     pub nlink: Option<Nlink>,
+    pub upper_ovr: Option<StatOverride>,
+    pub lower_ovr: Option<StatOverride>,
 }
 
 /// A cached answer of lookup(parent, name).
@@ -175,11 +177,25 @@ pub(crate) struct NodeState {
     pub nlink: Option<Nlink>,
     /// The object has no name left in the union.
     pub unlinked: bool,
+    /// What the override-stat attribute of the upper object says (in an
+    /// override layer): kept here because only plyfs changes it.
+    pub upper_ovr: Option<StatOverride>,
+    /// Likewise for `lowers[0]`, read once.
+    pub lower_ovr: Option<StatOverride>,
 }
 
 impl NodeState {
     pub fn real(&self) -> Option<&Real> {
         self.upper.as_ref().or_else(|| self.lowers.first())
+    }
+
+    /// The override of the object the union shows.
+    pub fn shown_ovr(&self) -> Option<StatOverride> {
+        if self.upper.is_some() {
+            self.upper_ovr
+        } else {
+            self.lower_ovr
+        }
     }
 
     pub fn upper_dir(&self) -> Option<&Arc<OwnedFd>> {

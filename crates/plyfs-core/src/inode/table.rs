@@ -16,6 +16,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::{Found, Ino, Node, NodeState, ROOT_INO, Real};
 use crate::Overlay;
+use crate::error::{Errno, Result};
 use crate::layers::Layers;
 
 /// Maps real inode numbers to the numbers the mount reports.
@@ -29,28 +30,45 @@ pub(crate) struct InoMap {
     /// from a reserved range, remembered for the life of the mount.
     synthetic: DashMap<(u16, u64), Ino>,
     next_synthetic: AtomicU64,
+    /// Where the reserved range starts; every number below it that is
+    /// not synthetic is a real one.
+    base: u64,
+    /// One past the largest number the mount may report.
+    limit: u64,
 }
 
 const SYNTHETIC_BASE: u64 = 0xffff_ff00_0000_0000;
+/// With `ino32_t`: a quarter of the 32-bit space, far above the numbers
+/// filesystems hand out first.
+const SYNTHETIC_BASE_32: u64 = 0xc000_0000;
 
 impl InoMap {
-    pub fn new(layers: &Layers) -> InoMap {
+    pub fn new(layers: &Layers, ino32: bool) -> InoMap {
         let nfs = layers.nfs.max(1) as u64;
         let fs_bits = if nfs <= 1 {
             0
         } else {
             64 - (nfs - 1).leading_zeros()
         };
+        let (base, limit) = if ino32 {
+            (SYNTHETIC_BASE_32, 1 << 32)
+        } else {
+            (SYNTHETIC_BASE, u64::MAX)
+        };
         InoMap {
             samefs: nfs == 1,
             fs_bits,
             synthetic: DashMap::new(),
-            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            next_synthetic: AtomicU64::new(base),
+            base,
+            limit,
         }
     }
 
-    /// The reported number of real inode `ino` on filesystem `fsid`.
-    pub fn map(&self, fsid: u16, ino: u64) -> Ino {
+    /// The reported number of real inode `ino` on filesystem `fsid`;
+    /// EOVERFLOW once the reserved range is used up (with `ino32_t`, after
+    /// a billion objects that do not fit), as stat(2) of a 32-bit program.
+    pub fn map(&self, fsid: u16, ino: u64) -> Result<Ino> {
         let direct = if self.samefs || fsid == 0 {
             Some(ino)
         } else if ino >> (64 - self.fs_bits) == 0 {
@@ -59,11 +77,18 @@ impl InoMap {
             None
         };
         match direct {
-            Some(n) if n > ROOT_INO && n < SYNTHETIC_BASE => n,
-            _ => *self
-                .synthetic
-                .entry((fsid, ino))
-                .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed)),
+            Some(n) if n > ROOT_INO && n < self.base => Ok(n),
+            _ => {
+                let n = *self
+                    .synthetic
+                    .entry((fsid, ino))
+                    .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed));
+                if n < self.limit {
+                    Ok(n)
+                } else {
+                    Err(Errno::EOVERFLOW)
+                }
+            }
         }
     }
 }
@@ -205,8 +230,8 @@ impl Overlay {
         parent: Ino,
         name: &OsStr,
         count: bool,
-    ) -> Arc<Node> {
-        let ino = self.ino_of(&found);
+    ) -> Result<Arc<Node>> {
+        let ino = self.ino_of(&found)?;
         let kind = found.kind;
         let name: Arc<OsStr> = Arc::from(name);
         let make = |generation| {
@@ -226,6 +251,8 @@ impl Overlay {
                     indexed: found.indexed,
                     nlink: found.nlink,
                     unlinked: false,
+                    upper_ovr: found.upper_ovr,
+                    lower_ovr: found.lower_ovr,
                 },
             )
         };
@@ -245,11 +272,11 @@ impl Overlay {
                 s.name = name;
             }
         }
-        node
+        Ok(node)
     }
 
     /// The number the mount reports for a resolved object.
-    pub(crate) fn ino_of(&self, f: &Found) -> Ino {
+    pub(crate) fn ino_of(&self, f: &Found) -> Result<Ino> {
         let layer_fsid = |r: &Real| self.layers.get(r.layer()).fsid;
         let from_lower = match (&f.upper, f.lowers.first(), &f.lower_stat) {
             (_, Some(l), Some(ls)) if f.kind == libc::S_IFDIR => Some((layer_fsid(l), ls.st_ino)),

@@ -2,10 +2,11 @@
 //! `overlay.*` attributes. This module is the only one that knows how any
 //! of them is spelled: it reads every format plyfs meets in a layer (the
 //! kernel's `trusted.overlay.*` and `user.overlay.*`, char 0/0 and xattr
-//! whiteouts, OCI `.wh.` files) and, through [`Writer`], writes the one
-//! format the mount was set up with.
+//! whiteouts, OCI `.wh.` files, override-stat attributes) and, through
+//! [`Writer`], writes the one format the mount was set up with.
 
 mod entries;
+mod stat_override;
 mod value;
 mod write;
 
@@ -19,6 +20,7 @@ use crate::sys::xattr;
 use crate::util::exists;
 
 pub(crate) use entries::{Kind, read_layer_dir};
+pub(crate) use stat_override::{OverrideNs, StatOverride};
 pub(crate) use value::{Nlink, NlinkBase, Redirect};
 pub(crate) use write::Writer;
 
@@ -74,9 +76,13 @@ impl XattrNs {
 }
 
 /// Attribute names that belong to the union itself: never shown through
-/// the mount, never settable through it.
+/// the mount, never settable through it. The override-stat attributes are
+/// among them whether or not the mount reads them: what they say shows in
+/// stat, and setting one would change an owner behind the kernel's checks.
 pub fn is_internal_xattr(name: &[u8]) -> bool {
-    name.starts_with(TRUSTED_PREFIX) || name.starts_with(USER_PREFIX)
+    name.starts_with(TRUSTED_PREFIX)
+        || name.starts_with(USER_PREFIX)
+        || OverrideNs::of_name(name).is_some()
 }
 
 /// A kernel-format whiteout: a character device 0/0.
@@ -169,6 +175,9 @@ pub(crate) struct Markers {
     pub nlink: Option<Nlink>,
     /// `overlay.whiteout` is set (an xattr whiteout if it is an empty file).
     pub whiteout: bool,
+    /// Override-stat attributes, by [`OverrideNs::ALL`] position: present
+    /// or not, and their value if it parses.
+    overrides: [Option<Option<StatOverride>>; 3],
 }
 
 impl Markers {
@@ -185,6 +194,13 @@ impl Markers {
         let mut m = Markers::default();
         for attr in xattr::split_names(&list) {
             let b = attr.as_bytes();
+            if let Some(ns) = OverrideNs::of_name(b) {
+                // Present is what marks a layer root; a value the daemon
+                // may not read (user.* needs read permission) is none.
+                let value = xattr::get_vec(dir, name, attr).ok().flatten();
+                m.overrides[ns as usize] = Some(value.and_then(|v| StatOverride::parse(&v)));
+                continue;
+            }
             let trusted = b.starts_with(TRUSTED_PREFIX);
             let suffix = if let Some(s) = b.strip_prefix(TRUSTED_PREFIX) {
                 s
@@ -212,6 +228,42 @@ impl Markers {
         }
         Ok(m)
     }
+
+    /// The first override-stat attribute present, in the order
+    /// fuse-overlayfs looks for one on a layer root.
+    pub fn override_ns(&self) -> Option<OverrideNs> {
+        OverrideNs::ALL
+            .into_iter()
+            .find(|&ns| self.overrides[ns as usize].is_some())
+    }
+
+    /// The override stored under `ns`, if one is there and reads right.
+    pub fn stat_override(&self, ns: OverrideNs) -> Option<StatOverride> {
+        self.overrides[ns as usize].flatten()
+    }
+}
+
+/// The override of `name` in `dir` stored under `ns` (one getxattr: a
+/// layer's objects carry the name its root does). An object the daemon
+/// may not read the attributes of, or a value that does not parse, has
+/// none: its real attributes stand.
+pub(crate) fn read_override(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    ns: OverrideNs,
+) -> Result<Option<StatOverride>> {
+    match xattr::get_vec(dir, name, ns.name()) {
+        Ok(Some(v)) => {
+            let o = StatOverride::parse(&v);
+            if o.is_none() {
+                tracing::debug!(?name, "unreadable override-stat value ignored");
+            }
+            Ok(o)
+        }
+        Ok(None) => Ok(None),
+        Err(e) if e == Errno::EOPNOTSUPP || e == Errno::EACCES || e == Errno::EPERM => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -232,5 +284,9 @@ mod tests {
         assert!(is_internal_xattr(b"trusted.overlay.opaque"));
         assert!(is_internal_xattr(b"user.overlay.redirect"));
         assert!(!is_internal_xattr(b"user.foo"));
+        assert!(is_internal_xattr(b"user.containers.override_stat"));
+        assert!(is_internal_xattr(b"security.fuseoverlayfs.override_stat"));
+        assert!(is_internal_xattr(b"user.fuseoverlayfs.override_stat"));
+        assert!(!is_internal_xattr(b"user.containers.other"));
     }
 }

@@ -4,14 +4,18 @@
 //! char 0/0 whiteouts where mknod may make them, else OCI `.wh.` files;
 //! `trusted.overlay.*` attributes where they can be set, else
 //! `user.overlay.*`; without attributes at all, OCI opaque markers and no
-//! redirects (directories then move by copying).
+//! redirects (directories then move by copying). Ownership the daemon
+//! cannot give goes to the override-stat attribute the mount keeps, if it
+//! keeps one.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use tracing::debug;
 
-use super::{Attr, Nlink, OCI_OPAQUE, UpperSlot, XattrNs, oci_whiteout_name};
+use super::{
+    Attr, Nlink, OCI_OPAQUE, OverrideNs, StatOverride, UpperSlot, XattrNs, oci_whiteout_name,
+};
 use crate::error::{Errno, Result};
 use crate::sys::{fs, xattr};
 use crate::util;
@@ -24,12 +28,15 @@ pub(crate) struct Writer {
     kernel_whiteouts: bool,
     /// Whether `ns` attributes can be set at all.
     xattrs: bool,
+    /// Where new objects keep the owner, mode and type the union reports
+    /// for them (`None`: on the real object).
+    overrides: Option<OverrideNs>,
 }
 
 impl Writer {
     /// Finds out what the upper's filesystem and our privileges allow, by
     /// trying it in the work directory `work`.
-    pub fn probe(work: BorrowedFd<'_>, userxattr: bool) -> Writer {
+    pub fn probe(work: BorrowedFd<'_>, userxattr: bool, overrides: Option<OverrideNs>) -> Writer {
         let wh = util::temp_name();
         let kernel_whiteouts = fs::mknodat(work, &wh, libc::S_IFCHR, 0).is_ok();
         let _ = fs::unlinkat(work, &wh, false);
@@ -54,6 +61,7 @@ impl Writer {
             ns: ns.unwrap_or(Self::default_ns(userxattr)),
             kernel_whiteouts,
             xattrs: ns.is_some(),
+            overrides,
         }
     }
 
@@ -63,6 +71,7 @@ impl Writer {
             ns: Self::default_ns(userxattr),
             kernel_whiteouts: true,
             xattrs: false,
+            overrides: None,
         }
     }
 
@@ -77,7 +86,7 @@ impl Writer {
     /// One line for the log.
     pub fn describe(&self) -> String {
         format!(
-            "{} markers, {} whiteouts, attributes {}",
+            "{} markers, {} whiteouts, attributes {}{}",
             self.ns.label(),
             if self.kernel_whiteouts {
                 "char 0/0"
@@ -88,8 +97,54 @@ impl Writer {
                 "settable"
             } else {
                 "unavailable"
+            },
+            match self.overrides {
+                Some(ns) => format!(", ownership in {}", ns.name().display()),
+                None => String::new(),
             }
         )
+    }
+
+    /// Whether new objects get their owner and mode in an override-stat
+    /// attribute (and the real object the daemon's).
+    pub fn keeps_overrides(&self) -> bool {
+        self.overrides.is_some()
+    }
+
+    /// Whether an object of type `kind` is made as an empty regular file
+    /// that carries its type in the override: `user.*` attributes cannot
+    /// be set on devices, pipes and sockets, and the kernel serves those
+    /// through the mount without the real object's help.
+    pub fn stands_in(&self, kind: u32) -> bool {
+        matches!(
+            self.overrides,
+            Some(OverrideNs::Containers | OverrideNs::Fuse)
+        ) && matches!(
+            kind,
+            libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO | libc::S_IFSOCK
+        )
+    }
+
+    /// Stores the override of `name` in `dir` (`""`: the object `dir`
+    /// refers to); returns whether it could. A symlink cannot carry a
+    /// `user.*` attribute and keeps its real owner, as in fuse-overlayfs.
+    pub fn set_override(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        value: &StatOverride,
+    ) -> Result<bool> {
+        let Some(ns) = self.overrides else {
+            return Ok(false);
+        };
+        match set(dir, name, ns.name(), &value.format()) {
+            Ok(()) => Ok(true),
+            Err(e) if e == Errno::EPERM && ns != OverrideNs::Privileged => {
+                debug!(?name, "override not stored: {e}");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Directories can carry redirects (else a directory with lower
