@@ -11,11 +11,12 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use plyfs_core::{Caller, Entry, Errno, SetAttr};
-use tracing::{debug, info};
+use plyfs_core::SetAttr;
+use tracing::info;
 
 use crate::PlyFs;
-use crate::convert::{self, attr, errno};
+use crate::answers::empty;
+use crate::convert::{self, errno};
 use crate::listings::Full;
 use crate::passthrough::Answer;
 
@@ -547,72 +548,6 @@ impl Filesystem for PlyFs {
         match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
-        }
-    }
-}
-
-impl PlyFs {
-    /// Who asks, in the ids the layers store.
-    fn caller(&self, req: &Request) -> Caller {
-        let (uid, gid) = self.opts.ids.caller_to_disk(req.uid(), req.gid());
-        Caller { uid, gid }
-    }
-
-    /// A stat as the kernel is told it, owners as the mount shows them.
-    fn attr(&self, st: &plyfs_core::Stat) -> fuser::FileAttr {
-        let mut a = attr(st);
-        a.uid = self.opts.ids.uid_to_mount(a.uid);
-        a.gid = self.opts.ids.gid_to_mount(a.gid);
-        a
-    }
-
-    /// Answers a removal, then drops stale cached reads of what changed.
-    fn removed(&self, reply: ReplyEmpty, parent: u64, r: Result<u64, Errno>) {
-        let gone = r.as_ref().ok().copied();
-        empty(reply, r.map(drop));
-        if let Some(ino) = gone {
-            self.coherence.changed(parent, true);
-            self.coherence.changed(ino, false);
-        }
-    }
-
-    fn reply_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
-        match r {
-            Ok(e) => reply.entry(
-                &self.opts.timeout,
-                &self.attr(&e.attr),
-                Generation(e.generation),
-            ),
-            Err(e) if e == Errno::ENOENT => {
-                // Cache the miss in the kernel too: only plyfs changes the
-                // union, through the kernel, which keeps its cache right.
-                reply.entry(&self.opts.timeout, &convert::negative_attr(), Generation(0))
-            }
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    fn reply_created(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
-        match r {
-            Ok(e) => {
-                debug!(ino = e.ino, "created");
-                reply.entry(
-                    &self.opts.timeout,
-                    &self.attr(&e.attr),
-                    Generation(e.generation),
-                )
-            }
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-}
-
-fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => {
-            debug!("-> {e:?}");
-            reply.error(errno(e))
         }
     }
 }

@@ -3,6 +3,7 @@
 //! kernel cache timeouts and coherence, directory listing streams,
 //! passthrough.
 
+mod answers;
 mod coherence;
 mod convert;
 mod dispatch;
