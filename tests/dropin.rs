@@ -476,6 +476,38 @@ fn a_user_namespace_on_an_overlay_root() {
         "set -e\n{PLYFS} -o {opts} {r}/M\ntrap 'umount {r}/M' EXIT\nls {r}/M\ncat {r}/M/d2/f\n"
     );
     assert_eq!(run(&again), "d2\nkeep\nn\nhellomore\n");
+
+    // An overlayfs makes no char whiteouts: the upper holds the kernel's
+    // xattr whiteouts (no OCI files), which the kernel reads in userxattr
+    // mode (here with the upper as a lower over the same layer).
+    let u = root.mnt.join("U");
+    for gone in ["g", "d"] {
+        let st = std::fs::symlink_metadata(u.join(gone)).unwrap();
+        assert!(st.is_file() && st.len() == 0, "{gone}");
+        assert!(
+            xattr::get(u.join(gone), "user.overlay.whiteout")
+                .unwrap()
+                .is_some(),
+            "{gone}"
+        );
+    }
+    assert!(
+        !std::fs::read_dir(&u).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".wh."))
+    );
+    let k = KernelMount::new(
+        &format!("lowerdir={}:{r}/L,userxattr", u.display()),
+        &s.path("kmnt"),
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&k.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d2", "keep", "n"]);
 }
 
 /// Once `umount` (or `fusermount3 -u`) returns, the layers are free: a

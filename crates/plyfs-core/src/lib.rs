@@ -136,7 +136,7 @@ impl Overlay {
                     Some(Real::Dir {
                         layer: 0,
                         fd: u.root.clone(),
-                        xwhiteouts: false,
+                        xwhiteouts: m.xwhiteouts,
                     }),
                     m.impure,
                 )

@@ -195,7 +195,7 @@ impl Overlay {
                         found.upper = Some(Real::Dir {
                             layer: 0,
                             fd,
-                            xwhiteouts: false,
+                            xwhiteouts: m.xwhiteouts,
                         });
                     } else {
                         // An upper non-directory hides everything below; only

@@ -88,8 +88,13 @@ impl Overlay {
         } else {
             Some(self.listing(&node, &state)?)
         };
-        if let Some(udir) = state.upper_dir() {
-            let read = markers::read_layer_dir(udir.as_fd(), false)?;
+        if let Some(upper) = &state.upper
+            && let Some(udir) = upper.dir_fd()
+        {
+            // Xattr whiteouts hide among the empty files of directories
+            // marked to hold them, and of any this mount may have marked.
+            let xwh = upper.xwhiteouts() || self.markers().writes_xwhiteouts();
+            let read = markers::read_layer_dir(udir.as_fd(), xwh)?;
             opaque |= read.oci_opaque;
             let mut upper = Vec::with_capacity(read.entries.len());
             for (name, kind, ino) in read.entries {

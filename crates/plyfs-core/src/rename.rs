@@ -132,9 +132,13 @@ impl Overlay {
                     fs::renameat2(old_dir, name, new_dir, newname, fs::RENAME_EXCHANGE)?;
                     let _ = fs::unlinkat(old_dir, name, false);
                 }
-                _ if old_lower => self
-                    .markers()
-                    .rename_leaving_whiteout(old_dir, name, new_dir, newname)?,
+                _ if old_lower => self.markers().rename_leaving_whiteout(
+                    work.as_fd(),
+                    old_dir,
+                    name,
+                    new_dir,
+                    newname,
+                )?,
                 _ => fs::renameat2(old_dir, name, new_dir, newname, 0)?,
             }
             let _ = self.markers().clear_whiteout(new_dir, newname);

@@ -47,6 +47,7 @@ enum Attr {
     Origin,
     Impure,
     Nlink,
+    Whiteout,
 }
 
 impl XattrNs {
@@ -58,11 +59,13 @@ impl XattrNs {
             (XattrNs::Trusted, Attr::Origin) => "trusted.overlay.origin",
             (XattrNs::Trusted, Attr::Impure) => "trusted.overlay.impure",
             (XattrNs::Trusted, Attr::Nlink) => "trusted.overlay.nlink",
+            (XattrNs::Trusted, Attr::Whiteout) => "trusted.overlay.whiteout",
             (XattrNs::User, Attr::Opaque) => "user.overlay.opaque",
             (XattrNs::User, Attr::Redirect) => "user.overlay.redirect",
             (XattrNs::User, Attr::Origin) => "user.overlay.origin",
             (XattrNs::User, Attr::Impure) => "user.overlay.impure",
             (XattrNs::User, Attr::Nlink) => "user.overlay.nlink",
+            (XattrNs::User, Attr::Whiteout) => "user.overlay.whiteout",
         };
         OsStr::new(s)
     }
@@ -145,7 +148,7 @@ pub(crate) fn is_xwhiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Resu
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum UpperSlot {
     Empty,
-    /// A char 0/0 whiteout.
+    /// A whiteout in its place: a char 0/0, or an xattr whiteout.
     Whiteout,
     Dir,
     Other,
@@ -153,7 +156,7 @@ pub(crate) enum UpperSlot {
 
 pub(crate) fn upper_slot(udir: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
     match fs::fstatat(udir, name) {
-        Ok(st) if is_whiteout(&st) => Ok(UpperSlot::Whiteout),
+        Ok(st) if is_whiteout_at(udir, name, &st)? => Ok(UpperSlot::Whiteout),
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(UpperSlot::Dir),
         Ok(_) => Ok(UpperSlot::Other),
         Err(e) if e == Errno::ENOENT => Ok(UpperSlot::Empty),

@@ -1,8 +1,10 @@
 //! Writing markers into the upper layer, in the one format the mount was
 //! set up with. The format is found out once, at mount time, from what the
 //! upper's filesystem and plyfs's privileges allow ("read all, write one"):
-//! char 0/0 whiteouts where mknod may make them, else OCI `.wh.` files;
-//! `trusted.overlay.*` attributes where they can be set, else
+//! char 0/0 whiteouts where mknod may make them (any user may, since Linux
+//! 5.8, but not on every filesystem: an overlayfs refuses them), else the
+//! kernel's xattr whiteouts where attributes can be set, else OCI `.wh.`
+//! files; `trusted.overlay.*` attributes where they can be set, else
 //! `user.overlay.*`; without attributes at all, OCI opaque markers and no
 //! redirects (directories then move by copying). Ownership the daemon
 //! cannot give goes to the override-stat attribute the mount keeps, if it
@@ -20,12 +22,24 @@ use crate::error::{Errno, Result};
 use crate::sys::{fs, xattr};
 use crate::util;
 
+/// How a mount writes whiteouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Whiteouts {
+    /// A char 0/0 device.
+    Char,
+    /// An empty file with the whiteout attribute, its directory marked as
+    /// holding such (the kernel reads them in lower layers, and at lookup
+    /// in the upper).
+    Xattr,
+    /// A `.wh.NAME` file beside the name.
+    Oci,
+}
+
 /// The marker format of one mount, and the verbs that write it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Writer {
     ns: XattrNs,
-    /// Whiteouts as char 0/0 devices (else `.wh.NAME` files).
-    kernel_whiteouts: bool,
+    whiteouts: Whiteouts,
     /// Whether `ns` attributes can be set at all.
     xattrs: bool,
     /// Where new objects keep the owner, mode and type the union reports
@@ -38,7 +52,7 @@ impl Writer {
     /// trying it in the work directory `work`.
     pub fn probe(work: BorrowedFd<'_>, userxattr: bool, overrides: Option<OverrideNs>) -> Writer {
         let wh = util::temp_name();
-        let kernel_whiteouts = fs::mknodat(work, &wh, libc::S_IFCHR, 0).is_ok();
+        let char_whiteouts = fs::mknodat(work, &wh, libc::S_IFCHR, 0).is_ok();
         let _ = fs::unlinkat(work, &wh, false);
 
         let d = util::temp_name();
@@ -57,9 +71,14 @@ impl Writer {
             }
             let _ = fs::unlinkat(work, &d, true);
         }
+        let whiteouts = match (char_whiteouts, ns.is_some()) {
+            (true, _) => Whiteouts::Char,
+            (false, true) => Whiteouts::Xattr,
+            (false, false) => Whiteouts::Oci,
+        };
         Writer {
             ns: ns.unwrap_or(Self::default_ns(userxattr)),
-            kernel_whiteouts,
+            whiteouts,
             xattrs: ns.is_some(),
             overrides,
         }
@@ -69,7 +88,7 @@ impl Writer {
     pub fn read_only(userxattr: bool) -> Writer {
         Writer {
             ns: Self::default_ns(userxattr),
-            kernel_whiteouts: true,
+            whiteouts: Whiteouts::Char,
             xattrs: false,
             overrides: None,
         }
@@ -88,10 +107,10 @@ impl Writer {
         format!(
             "{} markers, {} whiteouts, attributes {}{}",
             self.ns.label(),
-            if self.kernel_whiteouts {
-                "char 0/0"
-            } else {
-                "OCI .wh."
+            match self.whiteouts {
+                Whiteouts::Char => "char 0/0",
+                Whiteouts::Xattr => "xattr",
+                Whiteouts::Oci => "OCI .wh.",
             },
             if self.xattrs {
                 "settable"
@@ -153,10 +172,16 @@ impl Writer {
         self.xattrs
     }
 
+    /// Whether upper directories may hold xattr whiteouts written by this
+    /// mount (so that their empty files need a look when listed).
+    pub fn writes_xwhiteouts(&self) -> bool {
+        self.whiteouts == Whiteouts::Xattr
+    }
+
     /// Leaves a whiteout for `name` in upper directory `udir`, replacing
-    /// what `slot` says stands there. With char 0/0 whiteouts the swap is
-    /// one rename (built in `work`); an OCI whiteout is a file beside the
-    /// name, and the entry goes after it.
+    /// what `slot` says stands there. A char or xattr whiteout is built in
+    /// `work` and swapped in with one rename; an OCI whiteout is a file
+    /// beside the name, and the entry goes after it.
     pub fn whiteout(
         &self,
         work: BorrowedFd<'_>,
@@ -165,30 +190,41 @@ impl Writer {
         slot: &UpperSlot,
     ) -> Result<()> {
         let in_upper = matches!(slot, UpperSlot::Dir | UpperSlot::Other);
-        if self.kernel_whiteouts {
-            if in_upper {
-                let is_dir = *slot == UpperSlot::Dir;
-                let wh = util::temp_name();
-                fs::mknodat(work, &wh, libc::S_IFCHR, 0)?;
-                let flags = if is_dir { fs::RENAME_EXCHANGE } else { 0 };
+        match self.whiteouts {
+            Whiteouts::Char if !in_upper => {
+                if *slot != UpperSlot::Whiteout {
+                    fs::mknodat(udir, name, libc::S_IFCHR, 0)?;
+                }
+                Ok(())
+            }
+            Whiteouts::Char | Whiteouts::Xattr => {
+                if *slot == UpperSlot::Whiteout {
+                    return Ok(());
+                }
+                let wh = self.build_whiteout(work)?;
+                let flags = match slot {
+                    UpperSlot::Dir => fs::RENAME_EXCHANGE,
+                    UpperSlot::Other => 0,
+                    _ => fs::RENAME_NOREPLACE,
+                };
                 if let Err(e) = fs::renameat2(work, &wh, udir, name, flags) {
                     let _ = fs::unlinkat(work, &wh, false);
                     return Err(e);
                 }
-                if is_dir {
+                if *slot == UpperSlot::Dir {
                     // The old directory (whiteouts only) is in work now.
                     util::remove_tree(work, &wh)?;
                 }
-            } else if *slot != UpperSlot::Whiteout {
-                fs::mknodat(udir, name, libc::S_IFCHR, 0)?;
+                self.mark_xwhiteouts(udir)
             }
-            return Ok(());
+            Whiteouts::Oci => {
+                create_empty(udir, &oci_whiteout_name(name))?;
+                if in_upper {
+                    util::remove_upper(work, udir, name, *slot == UpperSlot::Dir)?;
+                }
+                Ok(())
+            }
         }
-        create_empty(udir, &oci_whiteout_name(name))?;
-        if in_upper {
-            util::remove_upper(work, udir, name, *slot == UpperSlot::Dir)?;
-        }
-        Ok(())
     }
 
     /// Renames `old` to `new` (over nothing, or over what a plain rename
@@ -196,16 +232,57 @@ impl Writer {
     /// RENAME_WHITEOUT in the kernel's format.
     pub fn rename_leaving_whiteout(
         &self,
+        work: BorrowedFd<'_>,
         olddir: BorrowedFd<'_>,
         old: &OsStr,
         newdir: BorrowedFd<'_>,
         new: &OsStr,
     ) -> Result<()> {
-        if self.kernel_whiteouts {
-            return fs::renameat2(olddir, old, newdir, new, fs::RENAME_WHITEOUT);
+        match self.whiteouts {
+            Whiteouts::Char => fs::renameat2(olddir, old, newdir, new, fs::RENAME_WHITEOUT),
+            Whiteouts::Xattr => {
+                let wh = self.build_whiteout(work)?;
+                if let Err(e) = fs::renameat2(olddir, old, newdir, new, 0) {
+                    let _ = fs::unlinkat(work, &wh, false);
+                    return Err(e);
+                }
+                fs::renameat2(work, &wh, olddir, old, fs::RENAME_NOREPLACE)?;
+                self.mark_xwhiteouts(olddir)
+            }
+            Whiteouts::Oci => {
+                fs::renameat2(olddir, old, newdir, new, 0)?;
+                create_empty(olddir, &oci_whiteout_name(old))
+            }
         }
-        fs::renameat2(olddir, old, newdir, new, 0)?;
-        create_empty(olddir, &oci_whiteout_name(old))
+    }
+
+    /// A whiteout of the mount's kind (char or xattr), in `work`.
+    fn build_whiteout(&self, work: BorrowedFd<'_>) -> Result<std::ffi::OsString> {
+        let wh = util::temp_name();
+        if self.whiteouts == Whiteouts::Char {
+            fs::mknodat(work, &wh, libc::S_IFCHR, 0)?;
+            return Ok(wh);
+        }
+        create_empty(work, &wh)?;
+        if let Err(e) = set(work, &wh, self.ns.name(Attr::Whiteout), b"y") {
+            let _ = fs::unlinkat(work, &wh, false);
+            return Err(e);
+        }
+        Ok(wh)
+    }
+
+    /// Marks an upper directory as holding xattr whiteouts, as the kernel
+    /// wants to find them in a lower (nothing to do for char whiteouts, or
+    /// where it is opaque: then nothing below shows anyway).
+    fn mark_xwhiteouts(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        if self.whiteouts != Whiteouts::Xattr {
+            return Ok(());
+        }
+        let m = super::Markers::read(dir, OsStr::new("."))?;
+        if m.opaque || m.xwhiteouts {
+            return Ok(());
+        }
+        set(dir, OsStr::new("."), self.ns.name(Attr::Opaque), b"x")
     }
 
     /// Removes an OCI whiteout of `name` in `udir`, which a new object of
