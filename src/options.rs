@@ -83,9 +83,11 @@ pub fn split_options(s: &str) -> Result<Vec<String>, OptionError> {
     Ok(out.into_iter().filter(|o| !o.is_empty()).collect())
 }
 
-/// Splits lowerdir at `:`; `\:` is a colon inside a path.
-pub fn split_lowers(v: &str) -> Result<Vec<PathBuf>, OptionError> {
-    let mut out = Vec::new();
+/// Splits lowerdir at `:`; `\\:` is a colon inside a path. Layers after a
+/// `::` are data-only (the kernel's `lowerdir=L1:L2::DATA1::DATA2`):
+/// returns (lowers, data-only lowers).
+pub fn split_lowers(v: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>), OptionError> {
+    let mut parts = Vec::new();
     let mut cur = String::new();
     let mut chars = v.chars();
     while let Some(c) = chars.next() {
@@ -94,15 +96,31 @@ pub fn split_lowers(v: &str) -> Result<Vec<PathBuf>, OptionError> {
                 Some(n) => cur.push(n),
                 None => cur.push('\\'),
             },
-            ':' => out.push(std::mem::take(&mut cur)),
+            ':' => parts.push(std::mem::take(&mut cur)),
             c => cur.push(c),
         }
     }
-    out.push(cur);
-    if out.iter().any(String::is_empty) {
+    parts.push(cur);
+    let (mut lowers, mut data) = (Vec::new(), Vec::new());
+    let mut in_data = false;
+    let mut iter = parts.into_iter().peekable();
+    while let Some(p) = iter.next() {
+        if !p.is_empty() {
+            let to = if in_data { &mut data } else { &mut lowers };
+            to.push(PathBuf::from(p));
+            continue;
+        }
+        // An empty part is the middle of a `::`, between two layers.
+        let between = !lowers.is_empty() && iter.peek().is_some_and(|n| !n.is_empty());
+        if !between {
+            return Err(bad("lowerdir", v, "a layer path is empty"));
+        }
+        in_data = true;
+    }
+    if lowers.is_empty() {
         return Err(bad("lowerdir", v, "a layer path is empty"));
     }
-    Ok(out.into_iter().map(PathBuf::from).collect())
+    Ok((lowers, data))
 }
 
 /// Kernel mount flags that pass straight through, in pairs that undo each
@@ -120,8 +138,22 @@ const FLAGS: &[(&str, &str)] = &[
 /// fuse-overlayfs options whose effect plyfs always has: accepted, and
 /// documented as such.
 const ACCEPTED: &[&str] = &[
-    "defaults", "nofail", "_netdev", "auto", "noauto", "user", "users", "nouser", "private",
-    "shared", "slave", "noacl", "xino",
+    "defaults",
+    "nofail",
+    "_netdev",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "private",
+    "shared",
+    "slave",
+    "noacl",
+    "xino",
+    "redirect_dir",
+    "index",
+    "nfs_export",
 ];
 
 /// SELinux labels: the kernel takes them where SELinux is enabled.
@@ -152,7 +184,18 @@ pub fn parse(args: &[String], defaults: Defaults) -> Result<MountRequest, Option
             };
             let need = || value.ok_or_else(|| OptionError::MissingValue(key.to_string()));
             match key {
-                "lowerdir" => lowers = Some(split_lowers(need()?)?),
+                "lowerdir" => {
+                    let (l, data) = split_lowers(need()?)?;
+                    lowers = Some(l);
+                    r.config.data_lowers = data;
+                }
+                "metacopy" => {
+                    r.config.metacopy = match need()? {
+                        "on" => true,
+                        "off" => false,
+                        v => return Err(bad(key, v, "expected on or off")),
+                    }
+                }
                 "upperdir" => r.config.upper = Some(path(key, need()?)?),
                 "workdir" => r.config.work = Some(path(key, need()?)?),
                 "fsname" => r.spec.fsname = need()?.to_string(),
@@ -379,6 +422,25 @@ mod tests {
         assert_eq!(r.fuse.threads, 3);
     }
 
+    /// The kernel's data-only layers: after a `::`.
+    #[test]
+    fn data_only_layers() {
+        let r = p("lowerdir=/a:/b::/d1::/d2,metacopy=on").unwrap();
+        assert_eq!(
+            r.config.lowers,
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+        assert_eq!(
+            r.config.data_lowers,
+            vec![PathBuf::from("/d1"), PathBuf::from("/d2")]
+        );
+        assert!(r.config.metacopy);
+        assert!(matches!(
+            p("lowerdir=/a,metacopy=yes").unwrap_err(),
+            OptionError::BadValue { .. }
+        ));
+    }
+
     #[test]
     fn bad_strings() {
         assert_eq!(p("upperdir=/u").unwrap_err(), OptionError::NoLowerdir);
@@ -386,10 +448,17 @@ mod tests {
             p("lowerdir=").unwrap_err(),
             OptionError::BadValue { .. }
         ));
-        assert!(matches!(
-            p("lowerdir=/a::/b").unwrap_err(),
-            OptionError::BadValue { .. }
-        ));
+        for bad in [
+            "lowerdir=/a:",
+            "lowerdir=::/b",
+            "lowerdir=/a::",
+            "lowerdir=/a:::/b",
+        ] {
+            assert!(
+                matches!(p(bad).unwrap_err(), OptionError::BadValue { .. }),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             p("lowerdir").unwrap_err(),
             OptionError::MissingValue(_)

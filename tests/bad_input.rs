@@ -55,7 +55,11 @@ fn option_and_layer_errors() {
         ),
         ("lowerdir=".into(), "a layer path is empty"),
         (
-            format!("lowerdir={}::{}", l1.display(), l1.display()),
+            format!("lowerdir={}:::{}", l1.display(), l1.display()),
+            "a layer path is empty",
+        ),
+        (
+            format!("lowerdir=::{}", l1.display()),
             "a layer path is empty",
         ),
         (format!("upperdir={}", u.display()), "no lowerdir= given"),

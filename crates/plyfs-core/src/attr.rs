@@ -51,6 +51,11 @@ impl Overlay {
         if let Some(o) = s.shown_ovr() {
             o.apply(&mut st);
         }
+        // A metacopy file's blocks are where its data is, as the kernel
+        // reports them.
+        if let Some(data) = &s.data {
+            st.st_blocks = data.stat()?.st_blocks;
+        }
         st.st_ino = self.st_ino(node);
         if node.is_dir() {
             if self.config.static_nlink || s.is_merged_dir() {
@@ -96,7 +101,11 @@ impl Overlay {
         if set.size.is_some() && node.is_dir() {
             return Err(Errno::EISDIR);
         }
-        self.copy_up(&node)?;
+        if set.size.is_some() {
+            self.copy_up_full(&node)?;
+        } else {
+            self.copy_up_meta(&node)?;
+        }
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         // In an override layer the real object stays the daemon's.
         let kept = (set.uid.is_some() || set.gid.is_some() || set.mode.is_some())

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 pub struct Config {
     /// Lower layers, top-most first.
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers, below the others: never looked up by name,
+    /// only reached through metacopy redirects (composefs images).
+    pub data_lowers: Vec<PathBuf>,
     /// The writable layer; `None` makes the mount read-only.
     pub upper: Option<PathBuf>,
     /// Scratch space on the upper's filesystem, for atomic copy-up.
@@ -29,6 +32,9 @@ pub struct Config {
     pub static_nlink: bool,
     /// Inode numbers fit in 32 bits, for 32-bit programs (`ino32_t`).
     pub ino32: bool,
+    /// A change of metadata only (chmod, chown, times, xattrs) copies a
+    /// lower file up without its data (`metacopy=on`, as the kernel's).
+    pub metacopy: bool,
 }
 
 /// Where the override-stat attribute is written.

@@ -25,6 +25,16 @@ impl Overlay {
     /// Makes sure `node` has an upper object, copying it and every
     /// ancestor that lacks one.
     pub(crate) fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up_with(node, false)
+    }
+
+    /// Copy-up for a change of metadata only: without the file's data
+    /// where the mount does metacopy.
+    pub(crate) fn copy_up_meta(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up_with(node, self.wants_metacopy(node))
+    }
+
+    fn copy_up_with(&self, node: &Arc<Node>, meta: bool) -> Result<()> {
         self.check_writable()?;
         if node.state.read().upper.is_some() {
             return Ok(());
@@ -61,18 +71,20 @@ impl Overlay {
                 (s.parent, s.name.clone())
             };
             let parent = self.node(parent)?;
-            self.copy_up_at(n, &parent, &name)?;
+            self.copy_up_at(n, &parent, &name, meta && Arc::ptr_eq(n, node))?;
         }
         Ok(())
     }
 
     /// Copies one object up as `name` in `parent`, whose upper directory
     /// exists already (hard links go to the index: see `copy_up_index`).
+    /// `meta`: without its data (metacopy).
     pub(crate) fn copy_up_at(
         &self,
         node: &Arc<Node>,
         parent: &Arc<Node>,
         name: &OsStr,
+        meta: bool,
     ) -> Result<()> {
         let _guard = node.op_lock.lock();
         let mut state = node.state.read().clone();
@@ -96,8 +108,9 @@ impl Overlay {
         if markers::has_oci_whiteout(udir.as_fd(), &state.name)? {
             return Err(Errno::EEXIST);
         }
-        debug!(ino = node.ino, name = ?state.name, "copy-up");
+        debug!(ino = node.ino, name = ?state.name, meta, "copy-up");
         let fh = self.origin_fh(&lower).ok().flatten();
+        let data = state.data.clone().unwrap_or_else(|| lower.clone());
         let tmp = util::temp_name();
         let mut upper_ovr = None;
         let placed = self
@@ -105,6 +118,7 @@ impl Overlay {
                 work.work.as_fd(),
                 &tmp,
                 &lower,
+                (!meta).then_some(&data),
                 &lst,
                 node.kind,
                 state.lower_ovr,
@@ -114,6 +128,9 @@ impl Overlay {
                 if let Some(fh) = &fh {
                     self.markers()
                         .set_origin(work.work.as_fd(), &tmp, &fh.encode())?;
+                }
+                if meta {
+                    self.markers().set_metacopy(work.work.as_fd(), &tmp)?;
                 }
                 fs::renameat2(
                     work.work.as_fd(),
@@ -126,6 +143,9 @@ impl Overlay {
         if let Err(e) = placed {
             let _ = util::remove_tree(work.work.as_fd(), &tmp);
             return Err(e);
+        }
+        if meta {
+            node.state.write().data = Some(data);
         }
         self.set_upper(node, parent, &udir, &state, upper_ovr)?;
         if fh.is_some() {
@@ -178,13 +198,16 @@ impl Overlay {
 
     /// Builds the copy of `lower` (real stat `lst`, override `lower_ovr`)
     /// as `tmp` in the work directory, with the owner and mode the union
-    /// shows for it; returns the override it stored, in a mount that keeps
-    /// them.
+    /// shows for it, and a regular file's data from `data` (`None`: a
+    /// sparse file of the size, for a metacopy); returns the override it
+    /// stored, in a mount that keeps them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn build_copy(
         &self,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
         lower: &Real,
+        data: Option<&Real>,
         lst: &Stat,
         kind: u32,
         lower_ovr: Option<StatOverride>,
@@ -202,10 +225,16 @@ impl Overlay {
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
                     0o600,
                 )?;
-                let src = open_lower(lower)?;
-                copy_data(src.as_fd(), dst.as_fd(), lst.st_size as u64)?;
-                if !self.config.volatile {
-                    fs::fsync(dst.as_fd(), false)?;
+                let size = lst.st_size.max(0) as u64;
+                match data {
+                    Some(data) => {
+                        let src = open_lower(data)?;
+                        copy_data(src.as_fd(), dst.as_fd(), size)?;
+                        if !self.config.volatile {
+                            fs::fsync(dst.as_fd(), false)?;
+                        }
+                    }
+                    None => fs::ftruncate(dst.as_fd(), size)?,
                 }
             }
             libc::S_IFLNK => {

@@ -313,6 +313,7 @@ impl Overlay {
             nlink: None,
             upper_ovr,
             lower_ovr: None,
+            data: None,
         };
         let node = self.node_from(found, pnode.ino, name, true)?;
         pnode.bump_version();
@@ -333,7 +334,7 @@ impl Overlay {
         }
         let pnew = self.creation_target(newparent, newname)?;
         self.copy_up(&pnew)?;
-        self.copy_up(&node)?;
+        self.copy_up_full(&node)?;
         self.nlink_start(&node)?;
         let udir = self.upper_dir_of(&pnew)?;
         let work = self.work_fd()?;

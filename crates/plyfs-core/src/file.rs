@@ -40,7 +40,7 @@ impl OpenFile {
     pub fn fd(&self) -> Result<Arc<OwnedFd>> {
         {
             let r = self.real.read();
-            if r.1 || self.node.state.read().upper.is_none() {
+            if r.1 || !self.node.state.read().data_on_upper() {
                 return Ok(r.0.clone());
             }
         }
@@ -100,7 +100,7 @@ impl Overlay {
             .node
             .state
             .read()
-            .real()
+            .data_source()
             .cloned()
             .ok_or(Errno::ESTALE)?;
         if self.layers.is_upper(real.layer()) {
@@ -162,9 +162,14 @@ impl Overlay {
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
             self.check_writable()?;
-            self.copy_up(&node)?;
+            self.copy_up_full(&node)?;
         }
-        let real = node.state.read().real().cloned().ok_or(Errno::ESTALE)?;
+        let real = node
+            .state
+            .read()
+            .data_source()
+            .cloned()
+            .ok_or(Errno::ESTALE)?;
         let upper = self.layers.is_upper(real.layer());
         let pass = flags & !OPEN_ONLY;
         let fd = if upper {

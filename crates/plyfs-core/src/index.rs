@@ -140,6 +140,7 @@ impl Overlay {
                     work.work.as_fd(),
                     &tmp,
                     &lower,
+                    Some(state.data.as_ref().unwrap_or(&lower)),
                     &lst,
                     node.kind,
                     state.lower_ovr,
@@ -189,7 +190,7 @@ impl Overlay {
         if node.state.read().upper.is_none() {
             match self.index_name_of(node)? {
                 Some(iname) => self.copy_up_index(node, &iname)?,
-                None => return self.copy_up_at(node, pnode, name),
+                None => return self.copy_up_at(node, pnode, name, false),
             }
         }
         if node.is_dir() || !node.state.read().indexed {

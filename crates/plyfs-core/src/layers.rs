@@ -49,6 +49,8 @@ pub(crate) struct Workdir {
 pub(crate) struct Layers {
     pub all: Vec<Layer>,
     pub first_lower: usize,
+    /// Where the data-only layers start (`all.len()` without any).
+    pub first_data: usize,
     pub work: Option<Workdir>,
     /// The marker format this mount writes.
     pub markers: markers::Writer,
@@ -73,12 +75,28 @@ impl Layers {
         self.has_upper() && l == 0
     }
 
+    /// The lower layers that names are looked up in, top first.
     pub fn lowers(&self) -> impl Iterator<Item = (LayerIdx, &Layer)> {
+        self.range(self.first_lower, self.first_data)
+    }
+
+    /// The data-only layers, reached only through metacopy redirects.
+    pub fn data_layers(&self) -> impl Iterator<Item = (LayerIdx, &Layer)> {
+        self.range(self.first_data, self.all.len())
+    }
+
+    fn range(&self, from: usize, to: usize) -> impl Iterator<Item = (LayerIdx, &Layer)> {
         self.all
             .iter()
             .enumerate()
-            .skip(self.first_lower)
+            .take(to)
+            .skip(from)
             .map(|(i, l)| (i as LayerIdx, l))
+    }
+
+    /// The bottom layer that names are looked up in.
+    pub fn bottom(&self) -> LayerIdx {
+        self.first_data.saturating_sub(1) as LayerIdx
     }
 
     pub fn get(&self, l: LayerIdx) -> &Layer {
@@ -110,6 +128,10 @@ impl Layers {
         let first_lower = all.len();
         for lower in &config.lowers {
             all.push(open_layer("lowerdir", lower, false)?);
+        }
+        let first_data = all.len();
+        for data in &config.data_lowers {
+            all.push(open_layer("lowerdir", data, false)?);
         }
 
         // Distinct filesystems, the upper's (or top layer's) first.
@@ -171,6 +193,7 @@ impl Layers {
         Ok(Layers {
             all,
             first_lower,
+            first_data,
             work,
             markers,
             nfs: devs.len(),

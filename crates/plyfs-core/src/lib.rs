@@ -18,6 +18,7 @@ mod inode;
 mod layers;
 mod lower_index;
 mod markers;
+mod metacopy;
 mod namei;
 mod ownership;
 mod prefetch;
@@ -174,6 +175,7 @@ impl Overlay {
                 unlinked: false,
                 upper_ovr,
                 lower_ovr,
+                data: None,
             },
         ));
         let index_file = layers

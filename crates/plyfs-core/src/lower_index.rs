@@ -241,6 +241,15 @@ impl LowerListing {
             .copied()
     }
 
+    /// Whether stack position `pos` holds a whiteout of `name` (beside a
+    /// real entry of that name, in an OCI layer that re-creates it).
+    pub fn whiteout_at(&self, name: &OsStr, pos: usize) -> bool {
+        self.names.get(name).is_some_and(|hits| {
+            hits.iter()
+                .any(|h| h.pos == pos && h.kind == EntryKind::Whiteout)
+        })
+    }
+
     /// Names visible from the lowers and what they resolve to.
     pub fn visible(&self) -> impl Iterator<Item = (&OsStr, Hit)> {
         self.names.iter().filter_map(|(n, hits)| {

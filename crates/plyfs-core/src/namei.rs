@@ -22,7 +22,7 @@ use crate::sys::fs::{self, Stat};
 use crate::util;
 
 /// Where lookup in the lower layers continues.
-enum Cursor {
+pub(crate) enum Cursor {
     /// `name` in the parent's lower stack, from stack position `pos`.
     Parent { pos: usize, name: OsString },
     /// An absolute path from the layer roots, from layer `layer` down.
@@ -34,12 +34,19 @@ enum Cursor {
 
 /// The lowers' part of a lookup.
 #[derive(Default)]
-struct LowerPart {
-    dirs: Vec<Real>,
-    nondir: Option<Real>,
-    first_stat: Option<Stat>,
+pub(crate) struct LowerPart {
+    pub dirs: Vec<Real>,
+    pub nondir: Option<Real>,
+    pub first_stat: Option<Stat>,
     /// A whiteout ended the search before anything was found.
-    whited_out: bool,
+    pub whited_out: bool,
+    /// `nondir` is a metacopy file: the search went on for its data.
+    pub chasing: bool,
+    /// ... and found it here.
+    pub data: Option<Real>,
+    /// ... by this absolute path (a redirect), which the data-only layers
+    /// are searched for when the others do not have it.
+    pub data_path: Option<Vec<Vec<u8>>>,
 }
 
 const DIR_FLAGS: i32 = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
@@ -151,12 +158,14 @@ impl Overlay {
             nlink: None,
             upper_ovr: None,
             lower_ovr: None,
+            data: None,
         };
         let mut cursor = Some(Cursor::Parent {
             pos: 0,
             name: name.to_os_string(),
         });
         let mut origin_raw = None;
+        let mut metacopy = None;
 
         if let Some(udir) = pstate.upper_dir() {
             match fs::fstatat(udir.as_fd(), name) {
@@ -204,6 +213,9 @@ impl Overlay {
                         // copies with origins.
                         if pstate.impure || !pstate.lowers.is_empty() {
                             let m = Markers::read(udir.as_fd(), name)?;
+                            if m.metacopy {
+                                metacopy = Some(m.redirect);
+                            }
                             origin_raw = m.origin;
                             found.nlink = m.nlink;
                         }
@@ -254,13 +266,20 @@ impl Overlay {
                 found.lowers = lower.dirs;
             }
         } else if found.upper.is_some() {
-            if let Some(raw) = origin_raw {
+            if let Some(redirect) = metacopy {
+                self.attach_metacopy_data(&mut found, parent, pstate, name, redirect)?;
+            } else if let Some(raw) = origin_raw {
                 self.attach_origin(&mut found, parent, pstate, name, &raw)?;
             }
         } else if let Some(nd) = lower.nondir {
             found.kind = util::kind(lower.first_stat.map_or(0, |s| s.st_mode));
             found.lower_stat = lower.first_stat;
             found.lowers = vec![nd];
+            if lower.chasing {
+                // A lower metacopy file whose data is nowhere: the kernel
+                // refuses to show it too.
+                found.data = Some(lower.data.ok_or(Errno::EIO)?);
+            }
             if found.lower_stat.is_some_and(|s| s.st_nlink > 1) {
                 self.attach_index(&mut found)?;
             }
@@ -277,7 +296,26 @@ impl Overlay {
         Ok(Some(found))
     }
 
-    fn resolve_lowers(
+    /// The lowers' part of a lookup from `cursor`, with a metacopy file's
+    /// data found in the data-only layers when no other layer has it.
+    pub(crate) fn resolve_lowers(
+        &self,
+        parent: &Node,
+        pstate: &NodeState,
+        cursor: Cursor,
+        upper_is_dir: bool,
+    ) -> Result<LowerPart> {
+        let mut out = self.search_lowers(parent, pstate, cursor, upper_is_dir)?;
+        if out.chasing
+            && out.data.is_none()
+            && let Some(path) = &out.data_path
+        {
+            out.data = self.find_data(path)?;
+        }
+        Ok(out)
+    }
+
+    fn search_lowers(
         &self,
         parent: &Node,
         pstate: &NodeState,
@@ -286,7 +324,7 @@ impl Overlay {
     ) -> Result<LowerPart> {
         let mut out = LowerPart::default();
         let mut is_dir = upper_is_dir;
-        let bottom = (self.layers.all.len() - 1) as LayerIdx;
+        let bottom = self.layers.bottom();
         loop {
             match cursor {
                 Cursor::Parent { pos, name } => {
@@ -312,16 +350,47 @@ impl Overlay {
                                 out.whited_out = !is_dir && out.nondir.is_none();
                                 return Ok(out);
                             }
-                            if !is_dir {
-                                out.first_stat = Some(st);
-                                out.nondir = Some(Real::At {
-                                    layer,
-                                    dir: pfd.clone(),
-                                    name: Arc::from(name.as_os_str()),
-                                });
+                            if is_dir {
+                                return Ok(out);
                             }
-                            return Ok(out);
+                            let real = Real::At {
+                                layer,
+                                dir: pfd.clone(),
+                                name: Arc::from(name.as_os_str()),
+                            };
+                            if out.chasing {
+                                if util::kind(st.st_mode) == libc::S_IFREG {
+                                    out.data = Some(real);
+                                }
+                                return Ok(out);
+                            }
+                            out.first_stat = Some(st);
+                            out.nondir = Some(real);
+                            let Some(redirect) = self.lower_metacopy(pfd.as_fd(), &name, &st)?
+                            else {
+                                return Ok(out);
+                            };
+                            // Its data is below: by its redirect, or by name.
+                            out.chasing = true;
+                            cursor = match redirect {
+                                None => Cursor::Parent {
+                                    pos: hit.pos + 1,
+                                    name,
+                                },
+                                Some(Redirect::Relative(r)) => Cursor::Parent {
+                                    pos: hit.pos + 1,
+                                    name: OsString::from_vec(r),
+                                },
+                                Some(Redirect::Absolute(comps)) => {
+                                    out.data_path = Some(comps.clone());
+                                    Cursor::Root {
+                                        layer: layer + 1,
+                                        comps,
+                                    }
+                                }
+                            };
                         }
+                        EntryKind::Dir if out.chasing => return Ok(out),
                         EntryKind::Dir => {
                             let Some(step) = self.lower_dir(
                                 pfd.as_fd(),
@@ -334,6 +403,12 @@ impl Overlay {
                                 return Ok(out);
                             };
                             is_dir = true;
+                            // An OCI layer that deletes a directory and makes
+                            // it anew holds both: its whiteout hides what the
+                            // layers below have (the OCI rule).
+                            if listing.whiteout_at(&name, hit.pos) {
+                                return Ok(out);
+                            }
                             cursor = match step {
                                 Next::Stop => return Ok(out),
                                 Next::Same => Cursor::Parent {
@@ -417,7 +492,7 @@ impl Overlay {
         is_dir: bool,
         out: &mut LowerPart,
     ) -> Result<Walk> {
-        let bottom = l as usize == self.layers.all.len() - 1;
+        let bottom = l == self.layers.bottom();
         let mut cur = self.layers.get(l).root.clone();
         let mut stop_below = false;
         // The path as the layers below will see it, up to component i.
@@ -427,8 +502,15 @@ impl Overlay {
             let name = OsStr::from_bytes(&comps[i]).to_os_string();
             prefix.push(comps[i].clone());
             let last = i + 1 == n;
+            // An OCI whiteout deletes the name from the layers below,
+            // whether or not this layer makes it anew.
+            let oci_whiteout = markers::has_oci_whiteout(cur.as_fd(), &name)?;
             let st = match fs::fstatat(cur.as_fd(), &name) {
                 Ok(st) => st,
+                Err(e) if (e == Errno::ENOENT || e == Errno::ENAMETOOLONG) && oci_whiteout => {
+                    out.whited_out = !is_dir && out.nondir.is_none() && out.dirs.is_empty();
+                    return Ok(Walk::Stop);
+                }
                 Err(e) if e == Errno::ENOENT || e == Errno::ENAMETOOLONG => {
                     prefix.extend_from_slice(&comps[i + 1..]);
                     *comps = prefix;
@@ -440,14 +522,21 @@ impl Overlay {
                 }
                 Err(e) => return Err(e),
             };
-            if markers::is_whiteout_at(cur.as_fd(), &name, &st)?
-                || markers::has_oci_whiteout(cur.as_fd(), &name)?
-            {
+            if markers::is_whiteout_at(cur.as_fd(), &name, &st)? {
                 out.whited_out = !is_dir && out.nondir.is_none() && out.dirs.is_empty();
                 return Ok(Walk::Stop);
             }
+            stop_below |= oci_whiteout;
             if !util::is_dir(st.st_mode) {
-                if last && !is_dir && out.dirs.is_empty() {
+                if last && out.chasing {
+                    if util::kind(st.st_mode) == libc::S_IFREG {
+                        out.data = Some(Real::At {
+                            layer: l,
+                            dir: cur.clone(),
+                            name: Arc::from(name.as_os_str()),
+                        });
+                    }
+                } else if last && !is_dir && out.dirs.is_empty() {
                     out.first_stat = Some(st);
                     out.nondir = Some(Real::At {
                         layer: l,
@@ -457,10 +546,14 @@ impl Overlay {
                 }
                 return Ok(Walk::Stop);
             }
+            if last && out.chasing {
+                return Ok(Walk::Stop);
+            }
             if last {
                 let res = match self.lower_dir(cur.as_fd(), &name, l, bottom, out)? {
                     None => Walk::Missing,
                     Some(Next::Stop) => Walk::FoundStop,
+                    Some(_) if !bottom && self.oci_opaque(out)? => Walk::FoundStop,
                     Some(Next::Same) => Walk::Found,
                     Some(Next::Redirect(r)) => {
                         apply_redirect(&mut prefix, r);
@@ -477,7 +570,7 @@ impl Overlay {
             let next = Arc::new(fs::openat(cur.as_fd(), &name, DIR_FLAGS, 0)?);
             if !bottom {
                 let m = Markers::read(next.as_fd(), OsStr::new("."))?;
-                if m.opaque {
+                if m.opaque || markers::has_oci_opaque(next.as_fd())? {
                     stop_below = true;
                 } else if let Some(raw) = &m.redirect {
                     let r = Redirect::parse(raw)?;
@@ -490,6 +583,18 @@ impl Overlay {
             cur = next;
         }
         Ok(Walk::Missing)
+    }
+}
+
+impl Overlay {
+    /// The lower directory just added to a lookup is opaque in the OCI
+    /// format (lookups by name learn it from the directory's listing;
+    /// a redirect walk has none).
+    fn oci_opaque(&self, out: &LowerPart) -> Result<bool> {
+        match out.dirs.last().and_then(Real::dir_fd) {
+            Some(fd) => markers::has_oci_opaque(fd.as_fd()),
+            None => Ok(false),
+        }
     }
 }
 

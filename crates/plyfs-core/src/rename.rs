@@ -82,9 +82,13 @@ impl Overlay {
         self.copy_up(&pold)?;
         self.copy_up(&pnew)?;
         self.alias_up(&old, &pold, name)?;
+        // A metacopy file finds its data by its name: it takes the data
+        // along instead of a redirect.
+        self.copy_up_data(&old)?;
         if let Some(n) = &new {
             if exchange {
                 self.alias_up(n, &pnew, newname)?;
+                self.copy_up_data(n)?;
             } else if self.needs_index(n) {
                 self.alias_up(n, &pnew, newname)?;
                 self.nlink_start(n)?;

@@ -44,7 +44,7 @@ impl Overlay {
         check_attr_name(name)?;
         self.check_writable()?;
         let node = self.node(ino)?;
-        self.copy_up(&node)?;
+        self.copy_up_meta(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let (dir, n) = upper.xattr_target();
         xattr::set(dir, n, name, value, flags)
@@ -63,7 +63,7 @@ impl Overlay {
         {
             return Err(e);
         }
-        self.copy_up(&node)?;
+        self.copy_up_meta(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let (dir, n) = upper.xattr_target();
         xattr::remove(dir, n, name)

@@ -140,6 +140,7 @@ pub(crate) struct Found {
     pub nlink: Option<Nlink>,
     pub upper_ovr: Option<StatOverride>,
     pub lower_ovr: Option<StatOverride>,
+    pub data: Option<Real>,
 }
 
 /// A cached answer of lookup(parent, name).
@@ -182,11 +183,25 @@ pub(crate) struct NodeState {
     pub upper_ovr: Option<StatOverride>,
     /// Likewise for `lowers[0]`, read once.
     pub lower_ovr: Option<StatOverride>,
+    /// Metacopy: where the file's data is, when the object the union shows
+    /// has only its metadata (an upper copied up without data, or a lower
+    /// whose data is in a layer below or in a data-only layer).
+    pub data: Option<Real>,
 }
 
 impl NodeState {
     pub fn real(&self) -> Option<&Real> {
         self.upper.as_ref().or_else(|| self.lowers.first())
+    }
+
+    /// Where reads of the file's data go.
+    pub fn data_source(&self) -> Option<&Real> {
+        self.data.as_ref().or_else(|| self.real())
+    }
+
+    /// The upper object holds the data too (not a metacopy).
+    pub fn data_on_upper(&self) -> bool {
+        self.upper.is_some() && self.data.is_none()
     }
 
     /// The override of the object the union shows.

@@ -253,6 +253,7 @@ impl Overlay {
                     unlinked: false,
                     upper_ovr: found.upper_ovr,
                     lower_ovr: found.lower_ovr,
+                    data: found.data.clone(),
                 },
             )
         };

@@ -48,6 +48,7 @@ enum Attr {
     Impure,
     Nlink,
     Whiteout,
+    Metacopy,
 }
 
 impl XattrNs {
@@ -60,12 +61,14 @@ impl XattrNs {
             (XattrNs::Trusted, Attr::Impure) => "trusted.overlay.impure",
             (XattrNs::Trusted, Attr::Nlink) => "trusted.overlay.nlink",
             (XattrNs::Trusted, Attr::Whiteout) => "trusted.overlay.whiteout",
+            (XattrNs::Trusted, Attr::Metacopy) => "trusted.overlay.metacopy",
             (XattrNs::User, Attr::Opaque) => "user.overlay.opaque",
             (XattrNs::User, Attr::Redirect) => "user.overlay.redirect",
             (XattrNs::User, Attr::Origin) => "user.overlay.origin",
             (XattrNs::User, Attr::Impure) => "user.overlay.impure",
             (XattrNs::User, Attr::Nlink) => "user.overlay.nlink",
             (XattrNs::User, Attr::Whiteout) => "user.overlay.whiteout",
+            (XattrNs::User, Attr::Metacopy) => "user.overlay.metacopy",
         };
         OsStr::new(s)
     }
@@ -178,6 +181,9 @@ pub(crate) struct Markers {
     pub nlink: Option<Nlink>,
     /// `overlay.whiteout` is set (an xattr whiteout if it is an empty file).
     pub whiteout: bool,
+    /// `overlay.metacopy` is set: a file copied up without its data, which
+    /// still comes from a lower (found by name, or by the file's redirect).
+    pub metacopy: bool,
     /// Override-stat attributes, by [`OverrideNs::ALL`] position: present
     /// or not, and their value if it parses.
     overrides: [Option<Option<StatOverride>>; 3],
@@ -226,6 +232,7 @@ impl Markers {
                 b"impure" => m.impure = value()?.first() == Some(&b'y'),
                 b"nlink" if m.nlink.is_none() || trusted => m.nlink = Nlink::parse(&value()?),
                 b"whiteout" => m.whiteout = true,
+                b"metacopy" => m.metacopy = true,
                 _ => {}
             }
         }

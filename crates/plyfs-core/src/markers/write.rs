@@ -330,6 +330,39 @@ impl Writer {
         tolerant(set(dir, name, self.ns.name(Attr::Origin), fh))
     }
 
+    /// Whether a file can be copied up without its data: the mark and the
+    /// origin it depends on need settable attributes.
+    pub fn has_metacopy(&self) -> bool {
+        self.xattrs
+    }
+
+    /// Marks a copy (`name` in `dir`) as holding metadata only.
+    pub fn set_metacopy(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        if !self.xattrs {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        set(dir, name, self.ns.name(Attr::Metacopy), b"")
+    }
+
+    /// The data of a metacopy file is in its upper object now: drop the
+    /// marks that sent reads to a lower (in both namespaces: the file may
+    /// come from another writer).
+    pub fn clear_metacopy(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        for ns in [XattrNs::Trusted, XattrNs::User] {
+            for attr in [Attr::Metacopy, Attr::Redirect] {
+                match xattr::remove(dir, name, ns.name(attr)) {
+                    Err(e)
+                        if e != Errno::ENODATA && e != Errno::EPERM && e != Errno::EOPNOTSUPP =>
+                    {
+                        return Err(e);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Marks an upper directory impure: it holds entries with origins, so
     /// readdir must look them up for their inode numbers (the kernel reads
     /// the same mark). Returns whether the format has the mark at all.
