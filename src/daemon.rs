@@ -125,6 +125,9 @@ pub fn run(req: MountRequest, mountpoint: &Path, foreground: bool) -> Result<(),
     let limit = sysfs::raise_nofile_limit();
     debug!("open file limit {limit}");
     let overlay = Arc::new(Overlay::new(req.config.clone()).map_err(|e| Failure(e.to_string()))?);
+    overlay
+        .check_mountpoint(&mountpoint)
+        .map_err(|e| Failure(e.to_string()))?;
     process::block_termination_signals().map_err(|e| fail!("cannot set up signals: {e}"))?;
     if foreground {
         let mounted = mount(&overlay, &mountpoint, &req)?;

@@ -142,6 +142,60 @@ fn mount_point_errors() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
+/// A mount point inside a layer (lookups there would enter the union
+/// itself), a layer or the workdir inside the mount point, and a second
+/// union on an upper or workdir already in use: refused with one line.
+/// Mounting over a lower's own root stays allowed (the kernel's trick).
+#[test]
+fn overlapping_mount_points_and_shared_upper_or_workdir() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    let l1 = s.mkdir("l1");
+    let inner = s.mkdir("l1/inner");
+    let msg = fails(&format!("lowerdir={}", l1.display()), &inner);
+    assert!(msg.contains("overlap") && msg.contains("lowerdir"), "{msg}");
+    let outer = s.mkdir("outer");
+    let l2 = s.mkdir("outer/l2");
+    let msg = fails(&format!("lowerdir={}", l2.display()), &outer);
+    assert!(msg.contains("overlap"), "{msg}");
+    let (u, w) = (s.mkdir("outer/u"), s.mkdir("outer/w"));
+    let msg = fails(
+        &format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l1.display(),
+            u.display(),
+            w.display()
+        ),
+        &outer,
+    );
+    assert!(msg.contains("overlap"), "{msg}");
+
+    // Over a lower's own root: allowed.
+    let over = PlyfsMount::new(&format!("lowerdir={}", l1.display()), &l1);
+    drop(over);
+
+    let (u, w, w2) = (s.mkdir("u"), s.mkdir("w"), s.mkdir("w2"));
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l1.display(),
+        u.display(),
+        w.display()
+    );
+    let _first = PlyfsMount::new(&opts, &s.path("m1"));
+    let msg = fails(&opts, &s.mkdir("m2"));
+    assert!(msg.contains("in use by another mount"), "{msg}");
+    let other_work = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l1.display(),
+        u.display(),
+        w2.display()
+    );
+    let msg = fails(&other_work, &s.mkdir("m3"));
+    assert!(msg.contains("upperdir") && msg.contains("in use"), "{msg}");
+}
+
 #[test]
 fn workdir_on_another_filesystem() {
     if !require_mount_privileges() {

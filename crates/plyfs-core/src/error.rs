@@ -39,6 +39,14 @@ pub enum SetupError {
         "workdir {work} is on another filesystem than upperdir {upper}; both must be on the same filesystem"
     )]
     WorkOtherFs { work: PathBuf, upper: PathBuf },
+    #[error("{role} {path} is in use by another mount; one union per upper and work directory")]
+    InUse { role: &'static str, path: PathBuf },
+    #[error("{what} {path} and the mount point {mountpoint} overlap; the union would reach itself")]
+    MountpointOverlap {
+        what: &'static str,
+        path: PathBuf,
+        mountpoint: PathBuf,
+    },
     #[error("upperdir {0} is on a read-only filesystem")]
     UpperReadOnly(PathBuf),
     #[error("workdir {path}: {what}: {errno}")]

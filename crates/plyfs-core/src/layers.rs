@@ -43,6 +43,9 @@ pub(crate) struct Workdir {
     pub path: PathBuf,
     pub work: Arc<OwnedFd>,
     pub index: Arc<OwnedFd>,
+    /// Held for the life of the mount: a second union on the same upper or
+    /// work directory would interleave its copy-ups with this one's.
+    _locks: [OwnedFd; 2],
 }
 
 #[derive(Debug)]
@@ -295,6 +298,61 @@ fn ancestry(start: BorrowedFd<'_>) -> Vec<(u64, u64)> {
     out
 }
 
+/// Locks a directory for this mount (as the kernel marks its upper and
+/// work directories in use).
+fn lock(path: &Path, role: &'static str, dir: BorrowedFd<'_>) -> Result<OwnedFd, SetupError> {
+    let err = |errno| SetupError::Layer {
+        role,
+        path: path.to_path_buf(),
+        errno,
+    };
+    let fd =
+        fs::openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(err)?;
+    match fs::lock_exclusive(fd.as_fd()) {
+        Ok(()) => Ok(fd),
+        Err(e) if e == Errno::EAGAIN => Err(SetupError::InUse {
+            role,
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(err(e)),
+    }
+}
+
+impl Layers {
+    /// The mount point must not lie inside a layer (lookups in that layer
+    /// would enter the union itself), nor a layer or the work directory
+    /// inside it. Mounting over a layer's own root is the kernel's usual
+    /// trick and stays allowed.
+    pub fn check_mountpoint(&self, mp: &Path) -> Result<(), SetupError> {
+        let Ok(m) = fs::open_path(mp, libc::O_PATH | libc::O_DIRECTORY) else {
+            return Ok(());
+        };
+        let Ok(mst) = fs::fstat(m.as_fd()) else {
+            return Ok(());
+        };
+        let mp_id = (mst.st_dev, mst.st_ino);
+        let mp_anc = ancestry(m.as_fd());
+        let overlap = |what, path: &Path| SetupError::MountpointOverlap {
+            what,
+            path: path.to_path_buf(),
+            mountpoint: mp.to_path_buf(),
+        };
+        for l in &self.all {
+            let role = if l.is_upper { "upperdir" } else { "lowerdir" };
+            let id = (l.dev, l.root_ino);
+            if id != mp_id && (mp_anc.contains(&id) || ancestry(l.root.as_fd()).contains(&mp_id)) {
+                return Err(overlap(role, &l.path));
+            }
+        }
+        if let Some(w) = &self.work
+            && ancestry(w.work.as_fd()).contains(&mp_id)
+        {
+            return Err(overlap("workdir", &w.path));
+        }
+        Ok(())
+    }
+}
+
 /// The kernel refuses upper and work directories that overlap a lower or
 /// each other: a copy-up would change a lower under the mount's feet.
 fn check_overlaps(all: &[Layer], work: &Path) -> Result<(), SetupError> {
@@ -425,9 +483,14 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
         );
     }
     let index = sub("index")?;
+    let locks = [
+        lock(path, "workdir", root.as_fd())?,
+        lock(upper_path, "upperdir", upper.root.as_fd())?,
+    ];
     Ok(Workdir {
         path: path.to_path_buf(),
         work,
         index,
+        _locks: locks,
     })
 }

@@ -202,6 +202,12 @@ impl Overlay {
             .as_ref()
     }
 
+    /// Refuses a mount point that overlaps a layer (see
+    /// `Layers::check_mountpoint`).
+    pub fn check_mountpoint(&self, mp: &std::path::Path) -> std::result::Result<(), SetupError> {
+        self.layers.check_mountpoint(mp)
+    }
+
     /// How many lower directories the index holds (a statistic).
     pub fn lower_index_dirs(&self) -> usize {
         self.lower_index.len()

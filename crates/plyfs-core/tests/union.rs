@@ -353,8 +353,10 @@ fn copy_up_keeps_inode_number_and_leaves_lowers_alone() {
     let st = std::fs::symlink_metadata(s.p("upper/d/f")).unwrap();
     assert_eq!((st.mode() & libc::S_IFMT, st.rdev()), (libc::S_IFCHR, 0));
     assert!(s.p("l1/d/f").exists());
-    // A directory made where one was deleted is opaque.
+    // A directory made where one was deleted is opaque. (One union at a
+    // time on an upper: the first goes before the next is made.)
     s.file("l1/e/old", "o");
+    drop(ov);
     let ov = s.overlay_rw(&["l1"]);
     ov.rmdir(ROOT_INO, OsStr::new("e")).unwrap_err();
     ov.unlink(walk(&ov, "e").unwrap(), OsStr::new("old"))
