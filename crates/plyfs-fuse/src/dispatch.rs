@@ -28,7 +28,11 @@ impl Filesystem for PlyFs {
             | F::FUSE_PARALLEL_DIROPS
             | F::FUSE_CACHE_SYMLINKS
             | F::FUSE_ATOMIC_O_TRUNC
-            | F::FUSE_EXPORT_SUPPORT
+            // File handles for fanotify only (AT_HANDLE_FID), none to
+            // open: the kernel's overlayfs without nfs_export. Handles
+            // plyfs could resolve only while the kernel caches the inode
+            // would go stale (ESTALE) after drop_caches or a remount.
+            | F::FUSE_NO_EXPORT_SUPPORT
             | F::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);

@@ -1,0 +1,206 @@
+//! Kernel details (the project's issue 11): the same syscalls on the
+//! kernel's overlayfs and on plyfs over copies of the same layers, every
+//! result compared; where the two cannot agree, the test pins down what
+//! plyfs does instead and why.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::ops::Twin;
+use common::*;
+use plyfs_sys::fs as sys;
+
+/// Change time in nanoseconds.
+fn ctime(p: &Path) -> i128 {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+}
+
+fn in_upper(t: &Twin, side: &str, rel: &str) -> bool {
+    t.scratch
+        .path(&format!("{side}/upper/{rel}"))
+        .symlink_metadata()
+        .is_ok()
+}
+
+#[test]
+fn chown_to_the_same_ids_moves_ctime() {
+    let Some(t) = require_mount_privileges().then(|| {
+        Twin::new(1, |d, _| {
+            LayerBuilder::new(d)
+                .file("f", "x")
+                .dir("d")
+                .symlink("l", "f");
+        })
+    }) else {
+        return;
+    };
+    for name in ["f", "d", "l"] {
+        let mut seen = Vec::new();
+        for (side, m) in [("k", t.kmnt()), ("p", t.pmnt())] {
+            let p = m.join(name);
+            let before = ctime(&p);
+            std::thread::sleep(Duration::from_millis(20));
+            let parent = sys::open_path(&m, libc::O_PATH | libc::O_DIRECTORY).unwrap();
+            sys::fchownat(parent.as_fd(), OsStr::new(name), u32::MAX, u32::MAX).unwrap();
+            seen.push((ctime(&p) > before, in_upper(&t, side, name)));
+        }
+        assert_eq!(seen[0], seen[1], "{name}: kernel (left), plyfs (right)");
+        assert_eq!(seen[1], (true, true), "{name}: ctime moved, copied up");
+    }
+}
+
+/// The kernel's overlayfs without `nfs_export` encodes handles only to
+/// identify objects (AT_HANDLE_FID, for fanotify) and refuses handles to
+/// open; plyfs says the same to the kernel (FUSE_NO_EXPORT_SUPPORT),
+/// rather than hand out handles that go stale once the kernel forgets the
+/// inode.
+#[test]
+fn file_handles_identify_but_do_not_open() {
+    let Some(mut t) = require_mount_privileges().then(|| {
+        Twin::new(1, |d, _| {
+            LayerBuilder::new(d).file("f", "x").dir("d");
+        })
+    }) else {
+        return;
+    };
+    t.unmount();
+    t.kernel_opts = "redirect_dir=on,index=on,nfs_export=off".into();
+    t.mount();
+    let mut results = Vec::new();
+    for m in [t.kmnt(), t.pmnt()] {
+        let root = sys::open_path(&m, libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let mut r = Vec::new();
+        for name in ["f", "d"] {
+            let name = OsStr::new(name);
+            let open = plyfs_sys::handle::name_to_handle_at(root.as_fd(), name);
+            r.push(format!("handle {:?}", open.err().map(|e| e.raw())));
+            let fid = plyfs_sys::handle::name_to_fid_at(root.as_fd(), name).unwrap();
+            // Stable while the object lives, also once the kernel forgot
+            // its inode.
+            drop_caches();
+            let again = plyfs_sys::handle::name_to_fid_at(root.as_fd(), name).unwrap();
+            r.push(format!("fid stable {}", fid == again));
+        }
+        results.push(r);
+    }
+    assert_eq!(results[0], results[1], "kernel (left), plyfs (right)");
+    assert!(
+        results[1].contains(&format!("handle Some({})", libc::EOPNOTSUPP)),
+        "{:?}",
+        results[1]
+    );
+}
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+}
+
+/// Collapse-range and insert-range cannot pass through FUSE: the kernel's
+/// FUSE refuses every fallocate mode but keep-size, punch-hole and
+/// zero-range with EOPNOTSUPP before asking the daemon
+/// (`fuse_file_fallocate`). The other modes behave as the kernel's
+/// overlayfs; those two fail and leave the file as it was.
+#[test]
+fn fallocate_modes() {
+    let block = 4096usize;
+    let content: Vec<u8> = (0..16 * block).map(|i| (i / block) as u8 + b'a').collect();
+    let Some(t) = require_mount_privileges().then(|| {
+        Twin::new(1, |d, _| {
+            std::fs::write(d.join("f"), &content).unwrap();
+            std::fs::write(d.join("g"), &content).unwrap();
+        })
+    }) else {
+        return;
+    };
+    let b = block as u64;
+    let modes = [
+        ("keep size", libc::FALLOC_FL_KEEP_SIZE, 20 * b, b),
+        (
+            "punch",
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            b,
+            b,
+        ),
+        ("zero", libc::FALLOC_FL_ZERO_RANGE, 2 * b, b),
+        (
+            "zero keep size",
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            15 * b,
+            2 * b,
+        ),
+        ("extend", 0, 16 * b, b),
+    ];
+    let mut results = Vec::new();
+    for m in [t.kmnt(), t.pmnt()] {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("f"))
+            .unwrap();
+        let mut r = Vec::new();
+        for (what, mode, off, len) in modes {
+            r.push(format!(
+                "{what} {:?}",
+                sys::fallocate(f.as_fd(), mode, off, len)
+            ));
+        }
+        drop(f);
+        r.push(format!(
+            "f {}",
+            digest(&std::fs::read(m.join("f")).unwrap())
+        ));
+        results.push(r);
+    }
+    assert_eq!(results[0], results[1], "kernel (left), plyfs (right)");
+
+    let mut odd = Vec::new();
+    for m in [t.kmnt(), t.pmnt()] {
+        let g = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("g"))
+            .unwrap();
+        let collapse = sys::fallocate(g.as_fd(), libc::FALLOC_FL_COLLAPSE_RANGE, b, b);
+        let insert = sys::fallocate(g.as_fd(), libc::FALLOC_FL_INSERT_RANGE, 2 * b, b);
+        drop(g);
+        let data = std::fs::read(m.join("g")).unwrap();
+        odd.push((collapse, insert, data));
+    }
+    let (kernel, plyfs) = (&odd[0], &odd[1]);
+    assert_eq!((kernel.0, kernel.1), (Ok(()), Ok(())));
+    assert_eq!(kernel.2.len(), content.len());
+    assert_ne!(kernel.2, content);
+    assert_eq!(
+        (plyfs.0, plyfs.1),
+        (
+            Err(plyfs_core::Errno::EOPNOTSUPP),
+            Err(plyfs_core::Errno::EOPNOTSUPP)
+        )
+    );
+    assert_eq!(plyfs.2, content, "a refused fallocate changes nothing");
+}
+
+/// Short and order-sensitive: which blocks are where, and holes.
+fn digest(data: &[u8]) -> String {
+    data.chunks(4096)
+        .map(|c| match c.iter().find(|&&b| b != 0) {
+            None => '0',
+            Some(&b) if c.iter().all(|&x| x == b) => b as char,
+            Some(_) => '?',
+        })
+        .collect::<String>()
+        + &format!(" {}", data.len())
+}
+
+#[allow(dead_code)]
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
