@@ -204,3 +204,84 @@ fn sh(script: &str) -> String {
     let out = Command::new("sh").args(["-c", script]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
+
+fn atime_ns(p: &Path) -> i128 {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    i128::from(m.atime()) * 1_000_000_000 + i128::from(m.atime_nsec())
+}
+
+/// Sets an old access time (before the modification time, so that
+/// relatime would update it too).
+fn age_atime(p: &Path) {
+    let parent = sys::open_path(p.parent().unwrap(), libc::O_PATH | libc::O_DIRECTORY).unwrap();
+    sys::utimensat(
+        parent.as_fd(),
+        p.file_name().unwrap(),
+        plyfs_core::SetTime::At { sec: 1000, nsec: 0 },
+        plyfs_core::SetTime::Omit,
+    )
+    .unwrap();
+}
+
+/// Layers on a tmpfs mounted strictatime, where every read would show:
+/// the union's atime options decide what plyfs's own reads update, as the
+/// kernel's overlayfs's (which opens real files O_NOATIME, and touches
+/// only the upper's atime, by the union's rules). Lowers never change.
+#[test]
+fn atimes_follow_the_mount_options() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    let _tmpfs = TmpfsMount::new("strictatime,mode=0755", &s.path("t"));
+    let objects = ["l0/lf", "l0/ld", "l0/run", "upper/uf", "upper/ud"];
+    for (i, opts) in ["noatime", "strictatime", "strictatime,nodiratime"]
+        .iter()
+        .enumerate()
+    {
+        let mut seen = Vec::new();
+        for side in ["k", "p"] {
+            let base = s.path(&format!("t/{i}{side}"));
+            LayerBuilder::new(base.join("l0"))
+                .file("lf", "lower")
+                .file("ld/x", "x");
+            std::fs::copy("/bin/true", base.join("l0/run")).unwrap();
+            LayerBuilder::new(base.join("upper"))
+                .file("uf", "upper")
+                .file("ud/y", "y");
+            std::fs::create_dir_all(base.join("work")).unwrap();
+            for o in objects {
+                age_atime(&base.join(o));
+            }
+            let layers = format!(
+                "lowerdir={},upperdir={},workdir={},{opts}",
+                base.join("l0").display(),
+                base.join("upper").display(),
+                base.join("work").display()
+            );
+            let mnt = base.join("mnt");
+            {
+                let _k;
+                let _p;
+                if side == "k" {
+                    _k = KernelMount::new(&layers, &mnt);
+                } else {
+                    _p = PlyfsMount::new(&layers, &mnt);
+                }
+                std::fs::read(mnt.join("lf")).unwrap();
+                std::fs::read(mnt.join("uf")).unwrap();
+                std::fs::read_dir(mnt.join("ld")).unwrap().for_each(drop);
+                std::fs::read_dir(mnt.join("ud")).unwrap().for_each(drop);
+                let ran = Command::new(mnt.join("run")).status().unwrap();
+                assert!(ran.success());
+            }
+            let changed: Vec<String> = objects
+                .iter()
+                .filter(|o| atime_ns(&base.join(o)) != 1_000_000_000_000)
+                .map(|o| o.to_string())
+                .collect();
+            seen.push(changed);
+        }
+        assert_eq!(seen[0], seen[1], "{opts}: kernel (left), plyfs (right)");
+    }
+}

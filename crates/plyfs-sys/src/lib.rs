@@ -9,6 +9,7 @@
 mod errno;
 pub mod fs;
 pub mod handle;
+pub mod mounts;
 pub mod process;
 pub mod xattr;
 
