@@ -64,7 +64,7 @@ impl Filesystem for PlyFs {
             None => self.ov.getattr(ino.0),
         };
         match r {
-            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -106,7 +106,7 @@ impl Filesystem for PlyFs {
         };
         let file = fh.and_then(|fh| self.handles.get(fh).ok());
         match self.ov.setattr(ino.0, &set, file.as_deref()) {
-            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -219,6 +219,9 @@ impl Filesystem for PlyFs {
                 .opened(&self.ov, ino.0, file, |fd| reply.open_backing(fd))
             {
                 (fh, Answer::Passthrough(id)) => {
+                    // Attributes cached before (lookup) must go: from now
+                    // on they are answered uncached (see attr_ttl).
+                    self.coherence.forget_attrs(ino.0);
                     reply.opened_passthrough(fh, FopenFlags::empty(), &id);
                 }
                 (fh, Answer::Plain(flags)) => reply.opened(fh, flags),
@@ -367,6 +370,11 @@ impl Filesystem for PlyFs {
             };
             let a = self.attr(&entry.attr);
             let generation = Generation(entry.generation);
+            let ttl = if self.handles.passthrough.in_passthrough(entry.ino) {
+                Duration::ZERO
+            } else {
+                ttl
+            };
             let full = reply.add(INodeNo(entry.ino), next, &e.name, &ttl, &a, generation);
             if full {
                 // Did not fit: the kernel never saw it.
@@ -470,6 +478,8 @@ impl Filesystem for PlyFs {
                             FopenFlags::empty(),
                             &id,
                         );
+                        // The kernel knows the inode only now.
+                        self.coherence.forget_attrs(entry.ino);
                     }
                     (fh, Answer::Plain(flags)) => {
                         reply.created(ttl, &a, generation, fh, flags);
