@@ -199,7 +199,6 @@ fn digest(data: &[u8]) -> String {
         + &format!(" {}", data.len())
 }
 
-#[allow(dead_code)]
 fn sh(script: &str) -> String {
     let out = Command::new("sh").args(["-c", script]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
@@ -347,4 +346,156 @@ fn mmap_writes_move_the_times() {
         assert_eq!(outs[0], outs[1], "{opts:?}: kernel (left), plyfs (right)");
         assert!(outs[1].iter().all(|&c| c == (true, true)), "{outs:?}");
     }
+}
+
+/// Two layers in the kernel's format written with nothing but files and
+/// attributes (no device whiteouts, which no union lets one make through
+/// it): xattr whiteouts, an opaque directory, a renamed directory.
+fn build_marked_layers(root: &Path) {
+    LayerBuilder::new(root.join("l1"))
+        .file("a/f1", "1")
+        .file("a/f2", "2")
+        .file("b/x", "x")
+        .file("c/y", "y")
+        .file("h", "hidden")
+        .file("keep", "kept")
+        .xattr("keep", "user.note", b"mine");
+    let top = LayerBuilder::new(root.join("l0"));
+    top.file("a/new", "new")
+        .file("c2/z", "z")
+        .file("h", "")
+        .file("c", "")
+        .xattr("", "trusted.overlay.opaque", b"x")
+        .xattr("h", "trusted.overlay.whiteout", b"")
+        .xattr("c", "trusted.overlay.whiteout", b"")
+        .xattr("a", "trusted.overlay.opaque", b"y")
+        .xattr("c2", "trusted.overlay.redirect", b"/c");
+}
+
+/// Nested overlays: layers kept inside a plyfs mount, their markers set
+/// through it (and so stored escaped, `trusted.overlay.overlay.*`, as the
+/// kernel's overlayfs stores them), read by the kernel's overlayfs and by
+/// another plyfs exactly as the same layers on a plain directory; a
+/// writable plyfs whose upper lives in the mount too.
+#[test]
+fn nested_overlays() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    build_marked_layers(&s.path("plain"));
+    for d in ["outer/l0", "outer/upper", "outer/work"] {
+        std::fs::create_dir_all(s.path(d)).unwrap();
+    }
+    let outer = PlyfsMount::new(
+        &format!(
+            "lowerdir={},upperdir={},workdir={}",
+            s.path("outer/l0").display(),
+            s.path("outer/upper").display(),
+            s.path("outer/work").display()
+        ),
+        &s.path("outer/mnt"),
+    );
+    let nested = outer.mnt.join("layers");
+    build_marked_layers(&nested);
+
+    // Through the outer mount the markers read as they were set; on its
+    // upper they are escaped, and the outer union does not obey them.
+    let a = nested.join("l0/a");
+    assert_eq!(
+        xattr::get(&a, "trusted.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
+    let listed: Vec<_> = xattr::list(&a).unwrap().collect();
+    assert!(
+        listed.iter().any(|n| n == "trusted.overlay.opaque"),
+        "{listed:?}"
+    );
+    let real = s.path("outer/upper/layers/l0/a");
+    assert_eq!(
+        xattr::get(&real, "trusted.overlay.overlay.opaque").unwrap(),
+        Some(b"y".to_vec())
+    );
+    assert_eq!(xattr::get(&real, "trusted.overlay.opaque").unwrap(), None);
+    assert!(
+        nested.join("l0/h").exists(),
+        "an escaped whiteout is a file"
+    );
+
+    let lowers = |root: &Path| {
+        format!(
+            "lowerdir={}:{}",
+            root.join("l0").display(),
+            root.join("l1").display()
+        )
+    };
+    let want = {
+        let k = KernelMount::new(
+            &format!("{},redirect_dir=follow", lowers(&s.path("plain"))),
+            &s.path("kplain"),
+        );
+        snapshot(&k.mnt)
+    };
+    assert!(!want.objs.contains_key(Path::new("h")) && want.objs.contains_key(Path::new("c2/y")));
+    {
+        let k = KernelMount::new(
+            &format!("{},redirect_dir=follow", lowers(&nested)),
+            &s.path("knested"),
+        );
+        let d = diff_trees(&want, &snapshot(&k.mnt), Compare::default());
+        assert!(
+            d.is_empty(),
+            "the kernel over nested layers:\n{}",
+            d.join("\n")
+        );
+    }
+    {
+        let p = PlyfsMount::new(&lowers(&nested), &s.path("pnested"));
+        let d = diff_trees(&want, &snapshot(&p.mnt), Compare::default());
+        assert!(d.is_empty(), "plyfs over nested layers:\n{}", d.join("\n"));
+    }
+
+    // Writable: plyfs with its upper in the outer mount, the kernel with
+    // its upper on a plain directory; the same changes.
+    for d in ["kupper", "kwork"] {
+        std::fs::create_dir_all(s.path(d)).unwrap();
+    }
+    for d in ["pupper", "pwork"] {
+        std::fs::create_dir_all(outer.mnt.join(d)).unwrap();
+    }
+    let k = KernelMount::new(
+        &format!(
+            "{},upperdir={},workdir={},redirect_dir=on",
+            lowers(&s.path("plain")),
+            s.path("kupper").display(),
+            s.path("kwork").display()
+        ),
+        &s.path("kw"),
+    );
+    let p = PlyfsMount::new(
+        &format!(
+            "{},upperdir={},workdir={}",
+            lowers(&nested),
+            outer.mnt.join("pupper").display(),
+            outer.mnt.join("pwork").display()
+        ),
+        &s.path("pw"),
+    );
+    for m in [&k.mnt, &p.mnt] {
+        let script = format!(
+            "cd '{}' && rm keep && rm -r a && mkdir a && echo again > a/f1 && mv b b2 && mv c2 c3 && echo w > c3/w",
+            m.display()
+        );
+        assert_eq!(
+            sh(&format!("{script} && echo done")).trim(),
+            "done",
+            "{}",
+            m.display()
+        );
+    }
+    let d = diff_trees(&snapshot(&k.mnt), &snapshot(&p.mnt), Compare::default());
+    assert!(d.is_empty(), "writable, nested upper:\n{}", d.join("\n"));
+    drop(p);
+    drop(k);
+    drop(outer);
 }
