@@ -499,3 +499,80 @@ fn nested_overlays() {
     drop(k);
     drop(outer);
 }
+
+/// Clears inode flags under a directory when dropped, so that a failed
+/// test leaves no immutable file behind (nothing could remove it).
+struct ClearFlags(std::path::PathBuf);
+
+impl Drop for ClearFlags {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr")
+            .args(["-R", "-i", "-a"])
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// `chattr` and `lsattr` through the union (FS_IOC_SETFLAGS copies up
+/// first), and what an immutable or append-only object then refuses,
+/// on files and directories.
+#[test]
+fn inode_flags() {
+    let Some(t) = require_mount_privileges().then(|| {
+        Twin::new(1, |d, _| {
+            LayerBuilder::new(d)
+                .file("f", "f")
+                .file("a", "a")
+                .file("d/x", "x")
+                .file("e/y", "y");
+        })
+    }) else {
+        return;
+    };
+    let _clear = ClearFlags(t.scratch.dir.path().to_path_buf());
+    let steps = [
+        "lsattr -d f d | cut -c1-22 | tr -s ' -'",
+        "chattr +i f d && echo set",
+        "lsattr -d f d | cut -c1-22 | tr -s ' -'",
+        "echo more > f",
+        "echo more >> f",
+        "rm f",
+        "mv f g",
+        "ln f h",
+        "chmod 600 f",
+        "touch d/new",
+        "rm d/x",
+        "cat f d/x",
+        "ls d",
+        "chattr +a a && echo set",
+        "echo more > a",
+        "echo more >> a && cat a",
+        "rm a",
+        "chattr +i e/y && echo set",
+        "rm -r e",
+        "chattr -i f d e/y && chattr -a a && echo cleared",
+        "echo new > f && rm a && touch d/new && rm -r e && ls . d",
+        "chattr +i link 2>&1 | sed 's/.*: //'",
+    ];
+    let mut outs = Vec::new();
+    for m in [t.kmnt(), t.pmnt()] {
+        std::os::unix::fs::symlink("f", m.join("link")).unwrap();
+        let mut r = Vec::new();
+        for step in steps {
+            let out = sh(&format!(
+                "cd '{}' && {step} 2>&1 | sed 's/^.*: //'",
+                m.display()
+            ));
+            r.push(format!("{step}: {}", out.trim()));
+        }
+        outs.push(r);
+    }
+    for (k, p) in outs[0].iter().zip(&outs[1]) {
+        assert_eq!(k, p, "kernel (left), plyfs (right)");
+    }
+    assert!(
+        outs[1][3].ends_with("Operation not permitted"),
+        "{:?}",
+        outs[1]
+    );
+}

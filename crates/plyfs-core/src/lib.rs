@@ -14,6 +14,7 @@ mod copy_up;
 mod dir;
 mod error;
 mod file;
+mod fileattr;
 mod index;
 mod inode;
 mod layers;

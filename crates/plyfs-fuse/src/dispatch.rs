@@ -494,16 +494,15 @@ impl Filesystem for PlyFs {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
+        cmd: u32,
+        in_data: &[u8],
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        // So that tools probing for features learn "not supported".
-        reply.error(fuser::Errno::ENOTTY);
+        self.inode_flags_ioctl(ino.0, cmd, in_data, reply);
     }
 
     fn fallocate(
