@@ -19,7 +19,7 @@ const FLAGS_OPEN: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOATIME;
 impl Overlay {
     /// The inode flags of `ino`.
     pub fn inode_flags(&self, ino: Ino) -> Result<u32> {
-        self.with_shown(ino, |fd| fs::inode_flags(fd))
+        self.with_shown(ino, fs::inode_flags)
     }
 
     /// Sets the inode flags of `ino` on its upper copy.
@@ -29,7 +29,7 @@ impl Overlay {
 
     /// The extended inode flags of `ino` (`struct fsxattr`).
     pub fn fsxattr(&self, ino: Ino) -> Result<FsXattr> {
-        self.with_shown(ino, |fd| fs::fsxattr(fd))
+        self.with_shown(ino, fs::fsxattr)
     }
 
     /// Sets the extended inode flags of `ino` on its upper copy.
