@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use crate::Overlay;
 use crate::error::{Errno, Result};
 use crate::inode::Ino;
-use crate::sys::fs::{self, FsXattr};
+use crate::sys::fileattr::{self as fs, FsXattr};
 
 /// Opens an object for the flag ioctls, which need a real descriptor but
 /// no access: no atime, and a FIFO would not wait.

@@ -7,6 +7,7 @@
 //! and never follow a symlink inside a layer.
 
 mod errno;
+pub mod fileattr;
 pub mod fs;
 pub mod handle;
 pub mod mounts;
