@@ -123,15 +123,18 @@ pub fn split_lowers(v: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>), OptionError
     Ok((lowers, data))
 }
 
-/// Kernel mount flags that pass straight through, in pairs that undo each
-/// other (the later one wins).
-const FLAGS: &[(&str, &str)] = &[
-    ("nodev", "dev"),
-    ("nosuid", "suid"),
-    ("noexec", "exec"),
-    ("noatime", "atime"),
-    ("sync", "async"),
-    ("dirsync", "dirsync"),
+/// Kernel mount flags that pass straight through, in groups whose members
+/// undo each other (the later one wins): atime updates are one mode of
+/// four, as for mount(8).
+const FLAGS: &[&[&str]] = &[
+    &["nodev", "dev"],
+    &["nosuid", "suid"],
+    &["noexec", "exec"],
+    &["noatime", "atime", "relatime", "strictatime"],
+    &["nodiratime", "diratime"],
+    &["lazytime", "nolazytime"],
+    &["sync", "async"],
+    &["dirsync"],
 ];
 
 /// Options that only concern mount(8), fstab or other programs, and
@@ -264,7 +267,7 @@ pub fn parse(args: &[String], defaults: Defaults) -> Result<MountRequest, Option
                     }
                 }
                 k if ACCEPTED.contains(&k) => {}
-                k if value.is_none() && FLAGS.iter().any(|(a, b)| k == *a || k == *b) => {
+                k if value.is_none() && FLAGS.iter().any(|g| g.contains(&k)) => {
                     set_flag(&mut r.spec.flags, k)
                 }
                 "" => {
@@ -285,13 +288,17 @@ pub fn parse(args: &[String], defaults: Defaults) -> Result<MountRequest, Option
     if r.config.upper.is_none() {
         r.spec.read_only = true;
     }
+    // What plyfs's own reads of the layers may update (see Config).
+    let has = |f: &str| r.spec.flags.iter().any(|x| x == f);
+    r.config.noatime = has("noatime");
+    r.config.nodiratime = has("nodiratime");
     Ok(r)
 }
 
 /// Adds a kernel flag, dropping the one it undoes.
 fn set_flag(flags: &mut Vec<String>, flag: &str) {
-    if let Some((a, b)) = FLAGS.iter().find(|(a, b)| flag == *a || flag == *b) {
-        flags.retain(|f| f != a && f != b);
+    if let Some(group) = FLAGS.iter().find(|g| g.contains(&flag)) {
+        flags.retain(|f| !group.contains(&f.as_str()));
     }
     flags.push(flag.to_string());
 }
@@ -371,6 +378,24 @@ mod tests {
         assert_eq!(r.spec.flags, vec!["noatime".to_string()]);
         let r = parse(&["lowerdir=/a,atime,nosuid".into()], ROOT).unwrap();
         assert_eq!(r.spec.flags, vec!["atime".to_string(), "nosuid".into()]);
+        assert!(!r.config.noatime);
+        let r = parse(
+            &["lowerdir=/a,strictatime,nodiratime,lazytime".into()],
+            USER,
+        )
+        .unwrap();
+        assert_eq!(
+            r.spec.flags,
+            vec![
+                "strictatime".to_string(),
+                "nodiratime".into(),
+                "lazytime".into()
+            ]
+        );
+        assert!(!r.config.noatime && r.config.nodiratime);
+        let r = parse(&["lowerdir=/a,relatime,noatime".into()], USER).unwrap();
+        assert_eq!(r.spec.flags, vec!["noatime".to_string()]);
+        assert!(r.config.noatime);
     }
 
     #[test]

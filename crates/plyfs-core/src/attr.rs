@@ -95,7 +95,7 @@ impl Overlay {
     pub fn setattr(&self, ino: Ino, set: &SetAttr, file: Option<&OpenFile>) -> Result<Stat> {
         let node = self.node(ino)?;
         if set.is_empty() {
-            return self.node_attr(&node);
+            return self.touch_ctime(&node);
         }
         self.check_writable()?;
         if set.size.is_some() && node.is_dir() {
@@ -151,6 +151,22 @@ impl Overlay {
             }
         }
         self.node_attr(&node)
+    }
+
+    /// A setattr that changes nothing (`chown(f, -1, -1)`; the kernel
+    /// sends the change time only with the writeback cache) still moves
+    /// the change time, as on any filesystem; the kernel's overlayfs
+    /// copies the object up for it, as for every setattr. A chown to the
+    /// ids it has makes the upper's filesystem set it to now.
+    fn touch_ctime(&self, node: &std::sync::Arc<Node>) -> Result<Stat> {
+        self.check_writable()?;
+        self.copy_up(node)?;
+        let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
+        match upper.at() {
+            Some((d, n)) => fs::fchownat(d, n, u32::MAX, u32::MAX)?,
+            None => with_pinned(&upper, |fd| fs::fchown(fd, u32::MAX, u32::MAX))?,
+        }
+        self.node_attr(node)
     }
 
     /// access(2) by the mode bits, for mounts where the kernel does not

@@ -35,6 +35,14 @@ pub struct Config {
     /// A change of metadata only (chmod, chown, times, xattrs) copies a
     /// lower file up without its data (`metacopy=on`, as the kernel's).
     pub metacopy: bool,
+    /// The mount is `noatime`: plyfs's reads of upper files and
+    /// directories leave their access times alone (lowers' are never
+    /// touched), as the kernel's overlayfs opens real files O_NOATIME and
+    /// updates the upper's atime only by the union's rules.
+    pub noatime: bool,
+    /// The mount is `nodiratime`: listing an upper directory leaves its
+    /// access time alone.
+    pub nodiratime: bool,
 }
 
 /// Where the override-stat attribute is written.
@@ -51,5 +59,16 @@ pub enum OverrideStat {
 impl Config {
     pub fn writable(&self) -> bool {
         self.upper.is_some() && !self.read_only
+    }
+
+    /// Flags for opening an upper file for I/O: O_NOATIME in a noatime
+    /// mount (the system-call wrapper drops it where it is not permitted).
+    pub(crate) fn upper_open_flags(&self) -> i32 {
+        if self.noatime { libc::O_NOATIME } else { 0 }
+    }
+
+    /// Whether reading an upper directory may update its access time.
+    pub(crate) fn upper_dir_atime(&self) -> bool {
+        !self.noatime && !self.nodiratime
     }
 }

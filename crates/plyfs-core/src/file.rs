@@ -104,7 +104,10 @@ impl Overlay {
             .cloned()
             .ok_or(Errno::ESTALE)?;
         if self.layers.is_upper(real.layer()) {
-            real.open(libc::O_RDWR)
+            if let Some(fd) = self.open_upper_noatime(&real, libc::O_RDWR) {
+                return Ok(fd);
+            }
+            real.open(libc::O_RDWR | self.config.upper_open_flags())
         } else {
             crate::copy_up::open_lower(&real)
         }
@@ -155,6 +158,8 @@ impl Overlay {
     /// Opens file `ino`. Opening for writing (or with O_TRUNC) copies the
     /// file up first.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Arc<OpenFile>> {
+        // Kept for the re-open on the upper copy too.
+        let flags = flags | self.config.upper_open_flags();
         let node = self.node(ino)?;
         if node.is_dir() {
             return Err(Errno::EISDIR);

@@ -7,12 +7,14 @@
 //! descriptors with `*at()` calls and never follows a symlink inside a
 //! layer.
 
+mod atime;
 mod attr;
 mod config;
 mod copy_up;
 mod dir;
 mod error;
 mod file;
+mod fileattr;
 mod index;
 mod inode;
 mod layers;
@@ -82,6 +84,8 @@ pub struct Overlay {
     /// Warms the lower filesystems' caches ahead of a tree walk; started
     /// on first use, so that the binary can still fork after `new`.
     prefetch: std::sync::OnceLock<Option<prefetch::Prefetcher>>,
+    /// A noatime view of the upper, made on first use (see atime.rs).
+    noatime_mount: std::sync::OnceLock<Option<std::os::fd::OwnedFd>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -191,6 +195,7 @@ impl Overlay {
             inomap,
             root_st_ino,
             invalidator: std::sync::OnceLock::new(),
+            noatime_mount: std::sync::OnceLock::new(),
             lower_index,
             prefetch: std::sync::OnceLock::new(),
         })

@@ -165,7 +165,7 @@ impl LowerIndex {
         {
             return Ok(r.clone());
         }
-        let read = markers::read_layer_dir(dir, xwhiteouts)?;
+        let read = markers::read_layer_dir(dir, xwhiteouts, false)?;
         let entries = read
             .entries
             .into_iter()

@@ -94,7 +94,7 @@ impl Overlay {
             // Xattr whiteouts hide among the empty files of directories
             // marked to hold them, and of any this mount may have marked.
             let xwh = upper.xwhiteouts() || self.markers().writes_xwhiteouts();
-            let read = markers::read_layer_dir(udir.as_fd(), xwh)?;
+            let read = markers::read_layer_dir(udir.as_fd(), xwh, self.config.upper_dir_atime())?;
             opaque |= read.oci_opaque;
             let mut upper = Vec::with_capacity(read.entries.len());
             for (name, kind, ino) in read.entries {

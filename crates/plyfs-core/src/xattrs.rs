@@ -1,8 +1,9 @@
 //! Extended attributes through the union: the real object's, minus the
 //! union's own markers, which can be neither read nor set through it; none
-//! at all in a `noxattrs` mount.
+//! at all in a `noxattrs` mount. Overlay attributes named through the
+//! mount (a nested overlay's markers) are stored escaped (markers/).
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::Overlay;
@@ -15,10 +16,10 @@ impl Overlay {
     /// Value of attribute `name`; an empty `buf` asks for its size.
     pub fn getxattr(&self, ino: Ino, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
         self.check_xattrs()?;
-        check_attr_name(name)?;
+        let name = real_attr_name(name)?;
         let real = self.real_of(ino)?;
         let (dir, n) = real.xattr_target();
-        xattr::get(dir, n, name, buf)
+        xattr::get(dir, n, &name, buf)
     }
 
     /// The NUL-separated names of the attributes users may see.
@@ -29,8 +30,8 @@ impl Overlay {
         let list = xattr::list_vec(dir, n)?;
         let mut out = Vec::with_capacity(list.len());
         for n in xattr::split_names(&list) {
-            if !markers::is_internal_xattr(n.as_bytes()) {
-                out.extend_from_slice(n.as_bytes());
+            if let Some(shown) = markers::xattr_shown(n.as_bytes()) {
+                out.extend_from_slice(&shown);
                 out.push(0);
             }
         }
@@ -41,24 +42,24 @@ impl Overlay {
     /// XATTR_CREATE / XATTR_REPLACE, which the upper's filesystem applies.
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.check_xattrs()?;
-        check_attr_name(name)?;
+        let name = real_attr_name(name)?;
         self.check_writable()?;
         let node = self.node(ino)?;
         self.copy_up_meta(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let (dir, n) = upper.xattr_target();
-        xattr::set(dir, n, name, value, flags)
+        xattr::set(dir, n, &name, value, flags)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
         self.check_xattrs()?;
-        check_attr_name(name)?;
+        let name = real_attr_name(name)?;
         self.check_writable()?;
         let node = self.node(ino)?;
         // Nothing to copy up for an attribute that is not there.
         let real = node.state.read().real().cloned().ok_or(Errno::ESTALE)?;
         let (dir, n) = real.xattr_target();
-        if let Err(e) = xattr::get(dir, n, name, &mut [])
+        if let Err(e) = xattr::get(dir, n, &name, &mut [])
             && e == Errno::ENODATA
         {
             return Err(e);
@@ -66,7 +67,7 @@ impl Overlay {
         self.copy_up_meta(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let (dir, n) = upper.xattr_target();
-        xattr::remove(dir, n, name)
+        xattr::remove(dir, n, &name)
     }
 
     /// `noxattrs`: the answer fuse-overlayfs's users get.
@@ -85,15 +86,13 @@ impl Overlay {
     }
 }
 
-/// Markers are the union's business; names must be valid C strings.
-fn check_attr_name(name: &OsStr) -> Result<()> {
-    if markers::is_internal_xattr(name.as_bytes()) {
-        return Err(Errno::EOPNOTSUPP);
-    }
+/// The real name of an attribute named through the mount (overlay
+/// attributes escaped); the union's own cannot be named. Names must be
+/// valid C strings.
+fn real_attr_name(name: &OsStr) -> Result<OsString> {
     if name.is_empty() || name.len() > 255 {
         return Err(Errno::ERANGE);
     }
-    CString::new(name.as_bytes())
-        .map(drop)
-        .map_err(|_| Errno::EINVAL)
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    markers::xattr_to_real(name).ok_or(Errno::EOPNOTSUPP)
 }

@@ -23,6 +23,18 @@ impl PlyFs {
         a
     }
 
+    /// How long the kernel may keep `ino`'s attributes. Not at all while
+    /// it is open in passthrough: a write through a shared mmap of the
+    /// backing file changes its times, and nothing tells the kernel's
+    /// FUSE (stat would show the times of before, until the timeout).
+    pub(crate) fn attr_ttl(&self, ino: u64) -> std::time::Duration {
+        if self.handles.passthrough.in_passthrough(ino) {
+            std::time::Duration::ZERO
+        } else {
+            self.opts.timeout
+        }
+    }
+
     /// Answers a removal, then drops stale cached reads of what changed.
     pub(crate) fn removed(&self, reply: ReplyEmpty, parent: u64, r: Result<u64, Errno>) {
         let gone = r.as_ref().ok().copied();
@@ -36,7 +48,7 @@ impl PlyFs {
     pub(crate) fn reply_entry(&self, reply: ReplyEntry, r: Result<Entry, Errno>) {
         match r {
             Ok(e) => reply.entry(
-                &self.opts.timeout,
+                &self.attr_ttl(e.ino),
                 &self.attr(&e.attr),
                 Generation(e.generation),
             ),

@@ -68,6 +68,18 @@ impl Coherence {
     }
 }
 
+impl Coherence {
+    /// Drops the kernel's cached attributes of `ino` (not its pages),
+    /// whether or not a read is in flight.
+    pub(crate) fn forget_attrs(&self, ino: u64) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(INodeNo(ino), -1, 0)
+        {
+            debug!("attribute invalidation of {ino} failed: {e}");
+        }
+    }
+}
+
 /// Has the core tell the kernel about attributes it changes on its own.
 pub(crate) fn install(ov: &Overlay, notifier: Notifier) {
     ov.set_invalidator(Box::new(move |ino| {

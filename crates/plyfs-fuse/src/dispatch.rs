@@ -28,7 +28,11 @@ impl Filesystem for PlyFs {
             | F::FUSE_PARALLEL_DIROPS
             | F::FUSE_CACHE_SYMLINKS
             | F::FUSE_ATOMIC_O_TRUNC
-            | F::FUSE_EXPORT_SUPPORT
+            // File handles for fanotify only (AT_HANDLE_FID), none to
+            // open: the kernel's overlayfs without nfs_export. Handles
+            // plyfs could resolve only while the kernel caches the inode
+            // would go stale (ESTALE) after drop_caches or a remount.
+            | F::FUSE_NO_EXPORT_SUPPORT
             | F::FUSE_DIRECT_IO_ALLOW_MMAP;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
@@ -60,7 +64,7 @@ impl Filesystem for PlyFs {
             None => self.ov.getattr(ino.0),
         };
         match r {
-            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -102,7 +106,7 @@ impl Filesystem for PlyFs {
         };
         let file = fh.and_then(|fh| self.handles.get(fh).ok());
         match self.ov.setattr(ino.0, &set, file.as_deref()) {
-            Ok(st) => reply.attr(&self.opts.timeout, &self.attr(&st)),
+            Ok(st) => reply.attr(&self.attr_ttl(ino.0), &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -215,6 +219,9 @@ impl Filesystem for PlyFs {
                 .opened(&self.ov, ino.0, file, |fd| reply.open_backing(fd))
             {
                 (fh, Answer::Passthrough(id)) => {
+                    // Attributes cached before (lookup) must go: from now
+                    // on they are answered uncached (see attr_ttl).
+                    self.coherence.forget_attrs(ino.0);
                     reply.opened_passthrough(fh, FopenFlags::empty(), &id);
                 }
                 (fh, Answer::Plain(flags)) => reply.opened(fh, flags),
@@ -363,6 +370,11 @@ impl Filesystem for PlyFs {
             };
             let a = self.attr(&entry.attr);
             let generation = Generation(entry.generation);
+            let ttl = if self.handles.passthrough.in_passthrough(entry.ino) {
+                Duration::ZERO
+            } else {
+                ttl
+            };
             let full = reply.add(INodeNo(entry.ino), next, &e.name, &ttl, &a, generation);
             if full {
                 // Did not fit: the kernel never saw it.
@@ -466,6 +478,8 @@ impl Filesystem for PlyFs {
                             FopenFlags::empty(),
                             &id,
                         );
+                        // The kernel knows the inode only now.
+                        self.coherence.forget_attrs(entry.ino);
                     }
                     (fh, Answer::Plain(flags)) => {
                         reply.created(ttl, &a, generation, fh, flags);
@@ -480,16 +494,15 @@ impl Filesystem for PlyFs {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
+        cmd: u32,
+        in_data: &[u8],
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        // So that tools probing for features learn "not supported".
-        reply.error(fuser::Errno::ENOTTY);
+        self.inode_flags_ioctl(ino.0, cmd, in_data, reply);
     }
 
     fn fallocate(

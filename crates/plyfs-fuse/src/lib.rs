@@ -9,6 +9,7 @@ mod convert;
 mod dispatch;
 mod handles;
 mod ids;
+mod ioctls;
 mod listings;
 mod mount;
 mod passthrough;

@@ -195,9 +195,15 @@ fn mount_direct(mountpoint: &Path, spec: &MountSpec) -> io::Result<Option<OwnedF
             "nosuid" => flags |= libc::MS_NOSUID,
             "noexec" => flags |= libc::MS_NOEXEC,
             "noatime" => flags |= libc::MS_NOATIME,
+            "relatime" => flags |= libc::MS_RELATIME,
+            "strictatime" => flags |= libc::MS_STRICTATIME,
+            "nodiratime" => flags |= libc::MS_NODIRATIME,
+            "lazytime" => flags |= libc::MS_LAZYTIME,
             "sync" => flags |= libc::MS_SYNCHRONOUS,
             "dirsync" => flags |= libc::MS_DIRSYNC,
-            "exec" | "atime" | "async" => {}
+            // Only one atime mode is ever given (the options parser keeps
+            // the last); "atime" is the kernel's default, relatime.
+            "exec" | "atime" | "async" | "diratime" | "nolazytime" => {}
             other => {
                 data.push(',');
                 data.push_str(other);

@@ -131,6 +131,15 @@ impl Passthrough {
         answer
     }
 
+    /// Whether `ino` is open in passthrough: the kernel reads and writes
+    /// it without plyfs, and writes through a shared mmap of the backing
+    /// file change its times without the kernel's FUSE noticing.
+    pub(crate) fn in_passthrough(&self, ino: u64) -> bool {
+        self.modes
+            .get(&ino)
+            .is_some_and(|m| matches!(*m, Mode::Backing(_)))
+    }
+
     /// After a handle was released (its backing, if any, dropped already).
     pub(crate) fn released(&self, ino: u64, had_backing: bool) {
         if let Entry::Occupied(mut o) = self.modes.entry(ino) {

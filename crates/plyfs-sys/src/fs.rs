@@ -21,7 +21,18 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> Resul
     with_cstr(name, |c| openat_c(dir, c, flags, mode))
 }
 
+/// O_NOATIME is a wish: where it is not permitted (a file of another
+/// user, without CAP_FOWNER) the open is made without it.
 pub fn openat_c(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd> {
+    match openat_raw(dir, name, flags, mode) {
+        Err(e) if e == Errno::EPERM && flags & libc::O_NOATIME != 0 => {
+            openat_raw(dir, name, flags & !libc::O_NOATIME, mode)
+        }
+        r => r,
+    }
+}
+
+fn openat_raw(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> Result<OwnedFd> {
     // SAFETY: `name` is NUL-terminated; the returned fd is fresh and owned.
     let fd = check(unsafe {
         libc::openat(
@@ -436,9 +447,21 @@ pub struct RawDirEntry<'a> {
 }
 
 /// Reads every entry of the directory `dir` (an `O_PATH` descriptor is
-/// fine) and calls `f` for each, `.` and `..` excluded.
-pub fn read_dir(dir: BorrowedFd<'_>, mut f: impl FnMut(RawDirEntry<'_>)) -> Result<()> {
-    let fd = openat_c(dir, DOT, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+/// fine) and calls `f` for each, `.` and `..` excluded, leaving its access
+/// time alone where permitted.
+pub fn read_dir(dir: BorrowedFd<'_>, f: impl FnMut(RawDirEntry<'_>)) -> Result<()> {
+    read_dir_atime(dir, false, f)
+}
+
+/// [`read_dir`]; `touch_atime`: as any reader would, by the rules of the
+/// directory's own mount.
+pub fn read_dir_atime(
+    dir: BorrowedFd<'_>,
+    touch_atime: bool,
+    mut f: impl FnMut(RawDirEntry<'_>),
+) -> Result<()> {
+    let noatime = if touch_atime { 0 } else { libc::O_NOATIME };
+    let fd = openat_c(dir, DOT, libc::O_RDONLY | libc::O_DIRECTORY | noatime, 0)?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // SAFETY: the buffer is valid for its length; getdents64 fills it

@@ -24,8 +24,21 @@ struct RawHandle {
     f_handle: [u8; MAX_HANDLE_SZ],
 }
 
+/// AT_HANDLE_FID: a handle that identifies, not one to open (fanotify's).
+const AT_HANDLE_FID: libc::c_int = 0x200;
+
 /// The handle of `name` in `dir` (not following a symlink).
 pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileHandle> {
+    encode(dir, name, 0)
+}
+
+/// The identifying handle (AT_HANDLE_FID) of `name` in `dir`, which some
+/// filesystems give where they cannot open handles.
+pub fn name_to_fid_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileHandle> {
+    encode(dir, name, AT_HANDLE_FID)
+}
+
+fn encode(dir: BorrowedFd<'_>, name: &OsStr, extra: libc::c_int) -> Result<FileHandle> {
     with_cstr(name, |c| {
         let mut raw = RawHandle {
             handle_bytes: MAX_HANDLE_SZ as u32,
@@ -33,11 +46,12 @@ pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileHandle
             f_handle: [0; MAX_HANDLE_SZ],
         };
         let mut mount_id: libc::c_int = 0;
-        let flags = if name.is_empty() {
-            libc::AT_EMPTY_PATH
-        } else {
-            0
-        };
+        let flags = extra
+            | if name.is_empty() {
+                libc::AT_EMPTY_PATH
+            } else {
+                0
+            };
         // SAFETY: `raw` starts with the file_handle header and has room for
         // MAX_HANDLE_SZ bytes, as handle_bytes says.
         check(unsafe {

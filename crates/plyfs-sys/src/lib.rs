@@ -7,8 +7,10 @@
 //! and never follow a symlink inside a layer.
 
 mod errno;
+pub mod fileattr;
 pub mod fs;
 pub mod handle;
+pub mod mounts;
 pub mod process;
 pub mod xattr;
 

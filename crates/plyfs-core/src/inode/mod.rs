@@ -68,7 +68,11 @@ impl Real {
             Real::At { dir, name, .. } => {
                 fs::openat(dir.as_fd(), name, flags | libc::O_NOFOLLOW, 0)
             }
-            Real::Pinned { fd, .. } => fs::reopen(fd.as_fd(), flags),
+            // The descriptor already is the object: its /proc/self/fd
+            // link must be followed to reach it (with a caller's
+            // O_NOFOLLOW it would fail with ELOOP). Only files and
+            // directories are pinned and opened.
+            Real::Pinned { fd, .. } => fs::reopen(fd.as_fd(), flags & !libc::O_NOFOLLOW),
         }
     }
 

@@ -35,11 +35,17 @@ pub(crate) struct LayerDir {
 
 /// Reads directory `dir` of some layer. `xwhiteouts`: it is marked as
 /// holding xattr whiteouts, so its empty regular files need a look.
-pub(crate) fn read_layer_dir(dir: BorrowedFd<'_>, xwhiteouts: bool) -> Result<LayerDir> {
+/// `touch_atime`: the read may update its access time (an upper directory
+/// in a mount that allows it; never a lower).
+pub(crate) fn read_layer_dir(
+    dir: BorrowedFd<'_>,
+    xwhiteouts: bool,
+    touch_atime: bool,
+) -> Result<LayerDir> {
     let mut out = LayerDir::default();
     // Entries whose kind d_type alone does not tell.
     let mut unsure: Vec<(OsString, u64)> = Vec::new();
-    fs::read_dir(dir, |e| {
+    fs::read_dir_atime(dir, touch_atime, |e| {
         if e.name == OCI_OPAQUE {
             out.oci_opaque = true;
         } else if let Some(target) = oci_whiteout_target(e.name) {

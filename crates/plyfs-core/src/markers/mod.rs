@@ -91,6 +91,52 @@ pub fn is_internal_xattr(name: &[u8]) -> bool {
         || OverrideNs::of_name(name).is_some()
 }
 
+/// The kernel's escape of overlay attributes set through a union (for
+/// nested overlays): `trusted.overlay.X` set through the mount is stored
+/// as `trusted.overlay.overlay.X` on the real object, and read back (and
+/// listed) as `trusted.overlay.X`; the same for `user.overlay.`. An
+/// escaped attribute is no marker of this union: a union whose layers
+/// live inside this one sees it as its own.
+const ESCAPE: &[u8] = b"overlay.";
+
+/// The real name of an attribute named through the mount; `None` for the
+/// names the union keeps to itself (override-stat), which cannot be.
+pub fn xattr_to_real(name: &OsStr) -> Option<OsString> {
+    let b = name.as_bytes();
+    if OverrideNs::of_name(b).is_some() {
+        return None;
+    }
+    let prefix = [TRUSTED_PREFIX, USER_PREFIX]
+        .into_iter()
+        .find(|p| b.starts_with(p));
+    Some(match prefix {
+        Some(p) => {
+            let mut v = p.to_vec();
+            v.extend_from_slice(ESCAPE);
+            v.extend_from_slice(&b[p.len()..]);
+            std::os::unix::ffi::OsStringExt::from_vec(v)
+        }
+        None => name.to_os_string(),
+    })
+}
+
+/// The name a real attribute shows as through the mount: escaped ones
+/// unescaped, the union's own markers none.
+pub fn xattr_shown(real: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    for p in [TRUSTED_PREFIX, USER_PREFIX] {
+        if let Some(rest) = real.strip_prefix(p) {
+            let escaped = rest.strip_prefix(ESCAPE)?;
+            let mut v = p.to_vec();
+            v.extend_from_slice(escaped);
+            return Some(std::borrow::Cow::Owned(v));
+        }
+    }
+    if OverrideNs::of_name(real).is_some() {
+        return None;
+    }
+    Some(std::borrow::Cow::Borrowed(real))
+}
+
 /// A kernel-format whiteout: a character device 0/0.
 pub fn is_whiteout(st: &Stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
@@ -298,5 +344,28 @@ mod tests {
         assert!(is_internal_xattr(b"security.fuseoverlayfs.override_stat"));
         assert!(is_internal_xattr(b"user.fuseoverlayfs.override_stat"));
         assert!(!is_internal_xattr(b"user.containers.other"));
+        let real = |n: &str| xattr_to_real(OsStr::new(n)).map(|r| r.into_string().unwrap());
+        assert_eq!(
+            real("trusted.overlay.opaque").unwrap(),
+            "trusted.overlay.overlay.opaque"
+        );
+        assert_eq!(real("user.overlay.x").unwrap(), "user.overlay.overlay.x");
+        assert_eq!(real("user.other").unwrap(), "user.other");
+        assert_eq!(real("user.containers.override_stat"), None);
+        let shown = |n: &str| xattr_shown(n.as_bytes()).map(|s| s.to_vec());
+        assert_eq!(shown("trusted.overlay.opaque"), None);
+        assert_eq!(
+            shown("trusted.overlay.overlay.opaque").unwrap(),
+            b"trusted.overlay.opaque"
+        );
+        assert_eq!(
+            shown("user.overlay.overlay.overlay.a").unwrap(),
+            b"user.overlay.overlay.a"
+        );
+        assert_eq!(
+            shown("security.capability").unwrap(),
+            b"security.capability"
+        );
+        assert_eq!(shown("security.fuseoverlayfs.override_stat"), None);
     }
 }
