@@ -257,6 +257,7 @@ pub fn mount(a: MountArgs) -> Result<()> {
             Some(w) => w.clone(),
             None => sibling(upper, "work")?,
         };
+        let fresh = !upper.exists();
         for d in [upper, &work] {
             std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
         }
@@ -276,6 +277,12 @@ pub fn mount(a: MountArgs) -> Result<()> {
         if rootless_layers && !a.options.iter().any(|o| o.contains("xattr_permissions")) {
             opts.push("xattr_permissions=2".into());
         }
+        if let Some(top) = dirs.first()
+            && (fresh || rootless_layers)
+        {
+            prepare_upper_root(upper, top, rootless_layers)
+                .map_err(|e| fail(format!("{}: {e}", upper.display())))?;
+        }
     }
     if !a.options.iter().any(|o| o.contains("fsname=")) {
         let name = img
@@ -287,6 +294,41 @@ pub fn mount(a: MountArgs) -> Result<()> {
     }
     opts.extend(a.options);
     crate::mount_union(&opts, &[a.mountpoint], a.foreground, a.debug)
+}
+
+/// Gives a new upper's root the owner and mode the image's root has (in
+/// the override attribute for rootless layers), so that the union's root
+/// shows the image's and not the user's own.
+fn prepare_upper_root(
+    upper: &Path,
+    top: &Path,
+    rootless: bool,
+) -> std::result::Result<(), plyfs_core::Errno> {
+    use plyfs_core::layer::{LayerWriter, Ownership, layer_override_ns};
+    use std::os::fd::AsFd;
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    let u = plyfs_sys::fs::open_path(upper, flags)?;
+    if rootless && layer_override_ns(u.as_fd())?.is_some() {
+        return Ok(());
+    }
+    let t = plyfs_sys::fs::open_path(top, flags)?;
+    let mut st = plyfs_sys::fs::fstat(t.as_fd())?;
+    let dot = std::ffi::OsStr::new(".");
+    if let Some(o) = layer_override_ns(t.as_fd())? {
+        o.apply(t.as_fd(), dot, &mut st)?;
+    }
+    if !rootless {
+        plyfs_sys::fs::fchownat(u.as_fd(), dot, st.st_uid, st.st_gid)?;
+        return plyfs_sys::fs::fchmodat(u.as_fd(), dot, st.st_mode & 0o7777);
+    }
+    let own = Ownership {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+        kind: libc::S_IFDIR,
+        rdev: 0,
+    };
+    LayerWriter::new(true).set_ownership(u.as_fd(), dot, own)
 }
 
 /// `.NAME.WHAT` beside `dir`.

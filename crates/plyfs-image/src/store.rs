@@ -317,10 +317,9 @@ impl Store {
         for other in &mut images {
             other.names.retain(|n| !image.names.contains(n));
         }
-        match images
-            .iter_mut()
-            .find(|i| i.manifest.digest == image.manifest.digest)
-        {
+        // One image per id: the same image from another archive (another
+        // manifest, say recompressed) only adds its names.
+        match images.iter_mut().find(|i| i.config == image.config) {
             Some(same) => {
                 for n in image.names {
                     if !same.names.contains(&n) {

@@ -244,6 +244,18 @@ impl Unpacker<'_> {
                         err("link", e)
                     }
                 })?;
+                // As docker and containers-storage do: the link entry's
+                // owner, mode and times are applied to the shared inode.
+                let st = sysfs::fstatat(p, name).map_err(|e| err("stat", e))?;
+                let mut meta = meta;
+                meta.own.kind = st.st_mode & libc::S_IFMT;
+                if matches!(
+                    meta.own.kind,
+                    libc::S_IFREG | libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO
+                ) && !(self.opts.rootless && meta.own.kind != libc::S_IFREG)
+                {
+                    self.apply(p, name, &meta)?;
+                }
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 self.remove_existing(p, parents, name)?;
@@ -457,11 +469,13 @@ impl Unpacker<'_> {
     fn finish_dirs(&mut self) -> Result<(), String> {
         let mut dirs: Vec<(Vec<OsString>, Meta)> = self.dirs.drain().collect();
         dirs.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        // A layer that does not list its root: as containers-storage shows
+        // a container's root.
         let root_meta = Meta {
             own: Ownership {
                 uid: 0,
                 gid: 0,
-                mode: 0o755,
+                mode: 0o555,
                 kind: libc::S_IFDIR,
                 rdev: 0,
             },
