@@ -118,6 +118,8 @@ pub enum Comp {
     None,
     Gzip,
     Zstd,
+    /// A gzip header and then nonsense: a corrupt blob.
+    Garbage,
 }
 
 pub fn compress(data: &[u8], c: Comp) -> Vec<u8> {
@@ -130,6 +132,11 @@ pub fn compress(data: &[u8], c: Comp) -> Vec<u8> {
             e.finish().unwrap()
         }
         Comp::Zstd => zstd::encode_all(data, 1).unwrap(),
+        Comp::Garbage => {
+            let mut v = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+            v.extend(std::iter::repeat_n(0x55u8, 4000));
+            v
+        }
     }
 }
 
@@ -181,7 +188,7 @@ impl Layout {
                 let mut blob = Blob::of(compress(tar, *comp));
                 let media = match comp {
                     Comp::None => "application/vnd.oci.image.layer.v1.tar",
-                    Comp::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+                    Comp::Gzip | Comp::Garbage => "application/vnd.oci.image.layer.v1.tar+gzip",
                     Comp::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
                 };
                 descs.push(serde_json::json!({"mediaType": media, "digest": blob.digest, "size": blob.size}));

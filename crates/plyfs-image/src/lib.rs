@@ -9,6 +9,7 @@
 //! business, and what an upper means is plyfs-core's
 //! ([`plyfs_core::changes`]).
 
+mod archive;
 pub mod build;
 pub mod commit;
 pub mod digest;

@@ -191,6 +191,19 @@ impl Store {
         Ok(l)
     }
 
+    /// Removes what this process made under `tmp/` (after a failure).
+    pub fn remove_own_tmp(&self) {
+        let mark = format!(".{}.", std::process::id());
+        let tmp = self.root.join("tmp");
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().contains(&mark) {
+                    remove_any(&e.path());
+                }
+            }
+        }
+    }
+
     /// A fresh path under `tmp/` (nothing is created).
     pub fn tmp_path(&self, what: &str) -> PathBuf {
         let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);

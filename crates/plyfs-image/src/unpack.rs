@@ -325,7 +325,7 @@ impl Unpacker<'_> {
             own: Ownership {
                 uid: id(uid, "uid")?,
                 gid: id(gid, "gid")?,
-                mode: mode as u32,
+                mode,
                 kind: file_kind,
                 rdev: libc::makedev(maj, min),
             },
