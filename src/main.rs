@@ -5,7 +5,9 @@
 
 mod daemon;
 mod demo;
+mod image;
 mod options;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +23,10 @@ use tracing_subscriber::EnvFilter;
     disable_version_flag = true,
     override_usage = "plyfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
                       plyfs [SOURCE] MOUNTPOINT -o OPTS   (mount.fuse3's form: mount -t fuse.plyfs, fstab)\n       \
-                      plyfs demo | completions SHELL | man"
+                      plyfs image import|ls|rm|lowerdir|save ...\n       \
+                      plyfs mount --image NAME [--upper DIR] MOUNTPOINT\n       \
+                      plyfs commit UPPER [--image NAME --tag NEW] [-o LAYER.tar] [--gzip|--zstd]\n       \
+                      plyfs diff UPPER | demo | completions SHELL | man"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +65,14 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. plyfs man > plyfs.1
     Man,
+    /// Container images: import, list, remove, save; their layers.
+    Image(image::ImageArgs),
+    /// Mount an image of the store, read-only or over an upper directory.
+    Mount(image::MountArgs),
+    /// Write an upper directory as an OCI layer, and optionally a new image.
+    Commit(image::CommitArgs),
+    /// Print what an upper directory changes, as `docker diff` does.
+    Diff(image::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,7 +113,11 @@ fn main() -> ExitCode {
         Some(Command::Man) => clap_mangen::Man::new(Cli::command())
             .render(&mut std::io::stdout())
             .map_err(|e| daemon::Failure(format!("cannot write the manual page: {e}"))),
-        None => mount(cli),
+        Some(Command::Image(a)) => image::image(a),
+        Some(Command::Mount(a)) => image::mount(a),
+        Some(Command::Commit(a)) => image::commit(a),
+        Some(Command::Diff(a)) => image::diff(a),
+        None => mount_union(&cli.options, &cli.targets, cli.foreground, cli.debug),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,17 +128,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn mount(cli: Cli) -> Result<(), daemon::Failure> {
+/// Mounts a union: `-o OPTIONS`, `[SOURCE] MOUNTPOINT`.
+pub(crate) fn mount_union(
+    options: &[String],
+    targets: &[PathBuf],
+    foreground: bool,
+    debug: bool,
+) -> Result<(), daemon::Failure> {
     let defaults = options::Defaults {
         root: plyfs_sys::process::geteuid() == 0,
     };
-    let mut req =
-        options::parse(&cli.options, defaults).map_err(|e| daemon::Failure(e.to_string()))?;
-    let mountpoint = match cli.targets.as_slice() {
+    let mut req = options::parse(options, defaults).map_err(|e| daemon::Failure(e.to_string()))?;
+    let mountpoint = match targets {
         [mp] => mp.clone(),
         [source, mp] => {
             // mount.fuse3's SOURCE names the mount, unless fsname= does.
-            if !cli.options.iter().any(|o| o.contains("fsname=")) {
+            if !options.iter().any(|o| o.contains("fsname=")) {
                 req.spec.fsname = source.to_string_lossy().into_owned();
             }
             mp.clone()
@@ -132,15 +154,15 @@ fn mount(cli: Cli) -> Result<(), daemon::Failure> {
             ));
         }
     };
-    req.debug |= cli.debug;
+    req.debug |= debug;
     init_logging(req.debug);
-    let foreground = cli.foreground || req.debug;
+    let foreground = foreground || req.debug;
     daemon::run(req, &mountpoint, foreground)
 }
 
 /// `-d`/`-o debug` log every request; otherwise RUST_LOG decides, and
 /// warnings show by default.
-fn init_logging(debug: bool) {
+pub(crate) fn init_logging(debug: bool) {
     let filter = if debug {
         EnvFilter::new("debug")
     } else {

@@ -42,6 +42,10 @@ pub enum OptionError {
         "no lowerdir= given: plyfs -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] MOUNTPOINT"
     )]
     NoLowerdir,
+    #[error(
+        "upperdir {0} needs a workdir= on its filesystem (upperdir and workdir must be given together)"
+    )]
+    UpperWithoutWork(String),
 }
 
 /// Splits one `-o` argument at commas, honouring `\,` and double quotes
@@ -280,6 +284,11 @@ pub fn parse(args: &[String], defaults: Defaults) -> Result<MountRequest, Option
         }
     }
     r.config.lowers = lowers.ok_or(OptionError::NoLowerdir)?;
+    // A mount's upper always comes with a work directory, also read-only
+    // (plyfs-core lets only a reader of an unmounted upper go without).
+    if let (Some(u), None) = (&r.config.upper, &r.config.work) {
+        return Err(OptionError::UpperWithoutWork(u.display().to_string()));
+    }
     // squash_to_uid/gid win over squash_to_root, in any order.
     r.fuse.ids.uids.squash = squash_uid.or(squash_root.then_some(0));
     r.fuse.ids.gids.squash = squash_gid.or(squash_root.then_some(0));

@@ -13,6 +13,7 @@ mod privileges;
 mod scratch;
 mod tree;
 
+pub mod oci;
 pub mod ops;
 pub mod podman;
 pub mod random;

@@ -112,6 +112,9 @@ impl Layers {
             return Err(SetupError::NoLowers);
         }
         match (&config.upper, &config.work) {
+            // A read-only union needs no work directory: commit reads an
+            // upper that is not mounted, without touching anything beside it.
+            (Some(_), None) if config.read_only => {}
             (Some(_), None) | (None, Some(_)) => {
                 let show = |p: &Option<PathBuf>| {
                     p.as_ref()

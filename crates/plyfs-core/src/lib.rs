@@ -9,6 +9,7 @@
 
 mod atime;
 mod attr;
+pub mod changes;
 mod config;
 mod copy_up;
 mod dir;
@@ -42,6 +43,8 @@ pub use error::{Errno, Result, SetupError};
 pub use file::OpenFile;
 pub use inode::{Ino, ROOT_INO};
 pub use lower_index::FILE_NAME as LOWER_INDEX_FILE;
+/// Markers of layers outside a mount (image import and commit).
+pub use markers::layer;
 pub use readdir::DirEntry;
 pub use rename::Renamed;
 pub use sys::fs::{SetTime, Stat, StatVfs};

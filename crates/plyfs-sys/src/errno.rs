@@ -48,6 +48,7 @@ errnos!(
     ENXIO,
     ENOTSUP,
     ETXTBSY,
+    EINTR,
     E2BIG,
     ENOTCONN,
 );

@@ -587,3 +587,36 @@ pub fn raw(fd: &impl AsFd) -> RawFd {
 pub fn os_string(v: Vec<u8>) -> OsString {
     OsString::from_vec(v)
 }
+
+/// How [`flock`] locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// flock(2): an advisory lock on the open file `fd`, held until every copy
+/// of the descriptor is closed; `wait` blocks until it is free, otherwise
+/// a held lock fails with EWOULDBLOCK.
+pub fn flock(fd: BorrowedFd<'_>, how: Lock, wait: bool) -> Result<()> {
+    let mut op = match how {
+        Lock::Shared => libc::LOCK_SH,
+        Lock::Exclusive => libc::LOCK_EX,
+    };
+    if !wait {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: valid descriptor; flock has no pointer arguments.
+        match check(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
+            Err(e) if e == Errno::EINTR => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// Whether `fd` refers to a terminal.
+pub fn is_terminal(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: valid descriptor.
+    unsafe { libc::isatty(fd.as_raw_fd()) == 1 }
+}

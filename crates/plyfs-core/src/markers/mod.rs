@@ -6,6 +6,7 @@
 //! [`Writer`], writes the one format the mount was set up with.
 
 mod entries;
+pub mod layer;
 mod stat_override;
 mod value;
 mod write;

@@ -1,0 +1,596 @@
+//! Images without a container engine: archives made here (the `tar`
+//! crate) and by podman, imported into a plyfs store, mounted, changed,
+//! committed, saved and loaded back into podman; every view compared with
+//! podman's (`podman load` + `podman mount`) or the kernel's overlayfs.
+//! Also as a plain user through fusermount3, and hostile archives.
+//!
+//! Needs root, podman and fuse3; under CI=true a missing one fails.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::oci::{Comp, ImageSpec, LayerTar, Layout};
+use common::podman::{Mode, MountProgram, PodmanStore};
+use common::users::{
+    TAR_CREATE, ci_user, kill_processes_mentioning, require_tools, run, run_ok, tar_snapshot,
+    unmount_all_under, wait_no_process_mentioning,
+};
+use common::*;
+
+const TOOLS: &[&str] = &["podman", "tar", "setpriv", "fusermount3", "useradd"];
+
+fn ready() -> bool {
+    require_mount_privileges() && require_tools(TOOLS)
+}
+
+const A: &str = "localhost/plyfs-test/a:1";
+const B: &str = "localhost/plyfs-test/b:1";
+
+/// The shared base layer: owners, modes, set-ID bits, an xattr, a hard
+/// link, symlinks, a device, a fifo, a deep tree.
+fn base_layer() -> Vec<u8> {
+    let mut t = LayerTar::new();
+    // containers-storage shows a container's root as 0555 whatever the
+    // image says; this image says the same.
+    t.dir("./", 0o555, 0)
+        .dir("etc/", 0o755, 0)
+        .file("etc/motd", "hello\n", 0o644, 0)
+        .file("etc/shadow", "root:*:1::::::\n", 0o600, 0)
+        .dir("home/", 0o755, 0)
+        .dir("home/user/", 0o700, 1000)
+        .file("home/user/notes", "notes\n", 0o600, 1000)
+        .dir("bin/", 0o755, 0)
+        .file("bin/tool", "#!/bin/true\n", 0o755, 0)
+        .hardlink("bin/tool2", "bin/tool")
+        .symlink("bin/sh", "tool")
+        .dir("dev/", 0o755, 0)
+        .chardev("dev/null", 1, 3)
+        .dir("run/", 0o755, 0)
+        .fifo("run/fifo")
+        .dir("var/", 0o755, 0)
+        .dir("var/old/", 0o755, 0)
+        .file("var/old/a", "a\n", 0o644, 0)
+        .dir("var/old/sub/", 0o755, 0)
+        .file("var/old/sub/b", "b\n", 0o644, 0)
+        .dir("opt/", 0o755, 0)
+        .dir("opt/app/", 0o755, 0)
+        .file("opt/app/config", "setting=1\n", 0o644, 0)
+        .file("opt/app/data", "data\n", 0o644, 0)
+        .file_xattr("srv-tagged", "tagged\n", "user.tag", b"v1")
+        .file("usr-setuid", "suid\n", 0o4755, 0)
+        // Parents the archive does not list.
+        .file("deep/a/b/c/file", "deep\n", 0o644, 0);
+    t.finish()
+}
+
+/// A second layer: a whiteout of a directory, an opaque directory, a
+/// changed file, a new hard link.
+fn second_layer() -> Vec<u8> {
+    let mut t = LayerTar::new();
+    t.dir("etc/", 0o755, 0)
+        .file("etc/motd", "hello v2\n", 0o644, 0)
+        .dir("var/", 0o755, 0)
+        .whiteout("var", "old")
+        .dir("opt/app/", 0o750, 0)
+        .opaque("opt/app")
+        .file("opt/app/new", "new\n", 0o644, 0)
+        .dir("new/", 0o755, 0)
+        .file("new/one", "one\n", 0o644, 42)
+        .hardlink("new/one-again", "new/one");
+    t.finish()
+}
+
+/// A third: a whiteout of a symlink, a directory back where one was
+/// deleted.
+fn third_layer() -> Vec<u8> {
+    let mut t = LayerTar::new();
+    t.dir("bin/", 0o755, 0)
+        .whiteout("bin", "sh")
+        .dir("var/", 0o755, 0)
+        .dir("var/old/", 0o700, 1234)
+        .file("var/old/c", "c\n", 0o640, 1234);
+    t.finish()
+}
+
+fn image_a() -> ImageSpec {
+    ImageSpec {
+        name: A.into(),
+        layers: vec![
+            (base_layer(), Comp::None),
+            (second_layer(), Comp::Gzip),
+            (third_layer(), Comp::Zstd),
+        ],
+    }
+}
+
+/// An image whose every file a plain user may read: what it shows of
+/// others' files is what the mount reports from the override attribute.
+fn readable_image() -> ImageSpec {
+    let mut base = LayerTar::new();
+    base.dir("./", 0o555, 0)
+        .dir("etc/", 0o755, 0)
+        .file("etc/motd", "hello\n", 0o644, 0)
+        .dir("home/", 0o755, 1000)
+        .file("home/notes", "notes\n", 0o644, 1000)
+        .dir("bin/", 0o755, 0)
+        .file("bin/tool", "tool\n", 0o4755, 0)
+        .hardlink("bin/tool2", "bin/tool")
+        .symlink("bin/sh", "tool")
+        .dir("dev/", 0o755, 0)
+        .chardev("dev/null", 1, 3)
+        .dir("deep/a/b/", 0o755, 0)
+        .file("deep/a/b/f", "f\n", 0o644, 0)
+        .dir("opt/app/", 0o755, 0)
+        .file("opt/app/old", "old\n", 0o644, 0)
+        // Where the user may change things.
+        .dir("work/", 0o777, 0)
+        .file("work/notes", "notes\n", 0o666, 0)
+        .dir("work/deep/", 0o777, 0)
+        .dir("work/deep/er/", 0o777, 0)
+        .file("work/deep/er/f", "f\n", 0o644, 0)
+        .dir("work/sub/", 0o777, 0)
+        .file("work/sub/x", "x\n", 0o644, 0);
+    let mut top = LayerTar::new();
+    top.dir("opt/app/", 0o755, 0)
+        .opaque("opt/app")
+        .file("opt/app/new", "new\n", 0o644, 0)
+        .whiteout("etc", "motd");
+    ImageSpec {
+        name: A.into(),
+        layers: vec![(base.finish(), Comp::None), (top.finish(), Comp::Gzip)],
+    }
+}
+
+fn image_b() -> ImageSpec {
+    let mut t = LayerTar::new();
+    t.dir("etc/", 0o755, 0).file("etc/b-only", "b\n", 0o644, 0);
+    ImageSpec {
+        name: B.into(),
+        layers: vec![(base_layer(), Comp::None), (t.finish(), Comp::Gzip)],
+    }
+}
+
+/// A scratch directory every user may traverse.
+fn open_scratch() -> Scratch {
+    let s = Scratch::new();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    s
+}
+
+fn write_archive(s: &Scratch, name: &str, images: &[ImageSpec]) -> PathBuf {
+    let p = s.path(name);
+    Layout::oci(images, |_, _, _| {}).write_tar(&p);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+/// `plyfs ARGS` with `--store STORE`, which must succeed; its stdout.
+fn plyfs_ok(store: &Path, args: &[&OsStr]) -> String {
+    let mut c = Command::new(PLYFS);
+    c.args(args).arg("--store").arg(store);
+    run_ok(&mut c, &format!("plyfs {args:?}"))
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// A mount made by `plyfs mount` (which returns once it is live);
+/// dropping it unmounts and waits for the daemon.
+struct BackgroundMount(PathBuf);
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        unmount_all_under(&self.0);
+        wait_no_process_mentioning(&self.0.to_string_lossy(), Duration::from_secs(10));
+    }
+}
+
+fn mount_image(store: &Path, image: &str, upper: Option<&Path>, mp: &Path) -> BackgroundMount {
+    std::fs::create_dir_all(mp).unwrap();
+    let mut c = Command::new(PLYFS);
+    c.args(["mount", "--store"])
+        .arg(store)
+        .args(["--image", image]);
+    if let Some(u) = upper {
+        c.arg("--upper").arg(u);
+    }
+    c.arg(mp);
+    run_ok(&mut c, "plyfs mount --image");
+    assert!(is_mounted(mp));
+    BackgroundMount(mp.to_path_buf())
+}
+
+/// The tree at `dir` as root reads it, copied to `dest` and snapshotted.
+fn tree_of(dir: &Path, dest: &Path) -> Tree {
+    tar_snapshot(
+        Command::new("sh")
+            .args(["-c", &format!("cd \"$1\" && {TAR_CREATE}"), "sh"])
+            .arg(dir),
+        dest,
+    )
+}
+
+fn same(what: &str, a: &Tree, b: &Tree) {
+    let how = Compare {
+        dir_nlink: false,
+        ..Compare::default()
+    };
+    let d = diff_trees(a, b, how);
+    assert!(d.is_empty(), "{what}:\n{}", d.join("\n"));
+}
+
+/// The rootfs podman shows for `image` after `podman load -i archive`.
+fn podman_tree(store: &PodmanStore, archive: &Path, image: &str, dest: &Path) -> Tree {
+    store.podman_ok(&[os("load"), os("-q"), os("-i"), archive.as_os_str()]);
+    let ctr = store.podman_ok(&["create", image, "/bin/true"]);
+    let mp = store.mount(&ctr);
+    let t = store.snapshot(&mp, dest);
+    store.unmount(&ctr);
+    t
+}
+
+#[test]
+fn imported_images_mount_as_podman_shows_them() {
+    if !ready() {
+        return;
+    }
+    let s = open_scratch();
+    let (arch_a, arch_b) = (
+        write_archive(&s, "a.tar", &[image_a()]),
+        write_archive(&s, "b.tar", &[image_b()]),
+    );
+    let store = s.path("store");
+    // Two imports at once: the lock keeps the store whole.
+    let spawn = |arch: &Path| {
+        Command::new(PLYFS)
+            .args(["image", "import", "--store"])
+            .arg(&store)
+            .arg(arch)
+            .output()
+            .unwrap()
+    };
+    let (oa, ob) = std::thread::scope(|sc| {
+        let ha = sc.spawn(|| spawn(&arch_a));
+        let hb = sc.spawn(|| spawn(&arch_b));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    for o in [&oa, &ob] {
+        assert!(
+            o.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let ls = plyfs_ok(&store, &[os("image"), os("ls")]);
+    assert!(ls.contains(A) && ls.contains(B), "{ls}");
+    // The base layer is stored once: 3 + 2 layers, 4 distinct.
+    let layers = std::fs::read_dir(store.join("layers")).unwrap().count();
+    assert_eq!(layers, 4, "layers in the store");
+
+    let pstore = PodmanStore::new(&s.path("podman"), Mode::Root, MountProgram::Kernel, false);
+    let podman_a = podman_tree(&pstore, &arch_a, A, &s.path("podman-a"));
+
+    // plyfs's own mount of the image, and the lowerdir= it prints.
+    let mp = s.path("mnt-a");
+    {
+        let _m = mount_image(&store, A, None, &mp);
+        same(
+            "plyfs mount vs podman mount of the same archive",
+            &podman_a,
+            &tree_of(&mp, &s.path("plyfs-a")),
+        );
+        let err = std::fs::write(mp.join("etc/motd"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    }
+    let lowerdir = plyfs_ok(&store, &[os("image"), os("lowerdir"), os(A)]);
+    let _m = PlyfsMount::new(lowerdir.trim(), &s.path("mnt-lowerdir"));
+    same(
+        "a mount of image lowerdir",
+        &podman_a,
+        &tree_of(&s.path("mnt-lowerdir"), &s.path("ld-a")),
+    );
+
+    // podman save (docker-archive) of the image podman loaded, imported.
+    let saved = s.path("podman-saved.tar");
+    pstore.podman_ok(&[
+        os("save"),
+        os("-q"),
+        os("--format"),
+        os("oci-archive"),
+        os("-o"),
+        saved.as_os_str(),
+        os(A),
+    ]);
+    let store2 = s.path("store2");
+    plyfs_ok(&store2, &[os("image"), os("import"), saved.as_os_str()]);
+    let _m2 = mount_image(&store2, A, None, &s.path("mnt-saved"));
+    same(
+        "plyfs mount of podman save",
+        &podman_a,
+        &tree_of(&s.path("mnt-saved"), &s.path("saved-a")),
+    );
+
+    // Kernel whiteouts: the kernel's overlayfs mounts the layers alike.
+    let store3 = s.path("store3");
+    plyfs_ok(
+        &store3,
+        &[
+            os("image"),
+            os("import"),
+            os("--whiteout-format"),
+            os("kernel"),
+            arch_a.as_os_str(),
+        ],
+    );
+    let lowerdir = plyfs_ok(&store3, &[os("image"), os("lowerdir"), os(A)]);
+    let _k = KernelMount::new(lowerdir.trim(), &s.path("mnt-kernel"));
+    same(
+        "kernel overlayfs over kernel-format layers",
+        &podman_a,
+        &tree_of(&s.path("mnt-kernel"), &s.path("kernel-a")),
+    );
+
+    // rm: the layers only A used go, the shared base stays for B.
+    plyfs_ok(&store, &[os("image"), os("rm"), os(A)]);
+    assert_eq!(std::fs::read_dir(store.join("layers")).unwrap().count(), 2);
+    plyfs_ok(&store, &[os("image"), os("rm"), os(B)]);
+    assert_eq!(std::fs::read_dir(store.join("layers")).unwrap().count(), 0);
+}
+
+/// The changes a container makes: create, modify, delete, rename a
+/// directory with lower content, a directory where one was deleted, a
+/// hard link, chmod and chown.
+const CHANGES: &str = r#"set -eu
+echo new > newfile
+echo more >> etc/motd
+rm etc/shadow
+rm -r deep
+mv opt/app opt/app-renamed
+rm -r var/old && mkdir var/old && echo fresh > var/old/fresh
+ln newfile made-hardlink
+chmod 0700 srv-tagged
+chown 7:7 etc/motd
+mkdir -p made/sub && echo m > made/sub/f && ln -s ../newfile made/link
+"#;
+
+#[test]
+fn round_trip_mount_change_commit_save_load() {
+    if !ready() {
+        return;
+    }
+    let s = open_scratch();
+    let arch = write_archive(&s, "a.tar", &[image_a()]);
+    let store = s.path("store");
+    plyfs_ok(&store, &[os("image"), os("import"), arch.as_os_str()]);
+    let (upper, mp) = (s.path("ctr/upper"), s.path("ctr/mnt"));
+    let changed = {
+        let _m = mount_image(&store, A, Some(&upper), &mp);
+        run_ok(
+            Command::new("sh").args(["-c", CHANGES]).current_dir(&mp),
+            "the changes in the mount",
+        );
+        tree_of(&mp, &s.path("changed"))
+    };
+    let diff = plyfs_ok(
+        &store,
+        &[os("diff"), upper.as_os_str(), os("--image"), os(A)],
+    );
+    for line in [
+        "A /newfile",
+        "C /etc/motd",
+        "D /etc/shadow",
+        "D /deep",
+        "D /opt/app",
+        "A /opt/app-renamed",
+        "C /var/old",
+        "A /made/sub/f",
+        "A /made-hardlink",
+    ] {
+        assert!(
+            diff.lines().any(|l| l == line),
+            "diff lacks {line:?}:\n{diff}"
+        );
+    }
+    // The same upper gives the same bytes.
+    let commit = |out: &Path| {
+        plyfs_ok(
+            &store,
+            &[
+                os("commit"),
+                upper.as_os_str(),
+                os("--image"),
+                os(A),
+                os("-o"),
+                out.as_os_str(),
+            ],
+        )
+    };
+    let (one, two) = (commit(&s.path("l1.tar")), commit(&s.path("l2.tar")));
+    assert_eq!(one, two);
+    assert_eq!(
+        std::fs::read(s.path("l1.tar")).unwrap(),
+        std::fs::read(s.path("l2.tar")).unwrap()
+    );
+    let listing = run_ok(
+        Command::new("tar").arg("-tvf").arg(s.path("l1.tar")),
+        "tar -t",
+    );
+    for want in [
+        "etc/.wh.shadow",
+        ".wh.deep",
+        "opt/.wh.app",
+        "opt/app-renamed/.wh..wh..opq",
+        "var/old/.wh..wh..opq",
+        "newfile link to made-hardlink",
+    ] {
+        assert!(listing.contains(want), "layer lacks {want}:\n{listing}");
+    }
+
+    let a2 = "localhost/plyfs-test/a:2";
+    let out = plyfs_ok(
+        &store,
+        &[
+            os("commit"),
+            upper.as_os_str(),
+            os("--image"),
+            os(A),
+            os("--tag"),
+            os(a2),
+            os("--zstd"),
+        ],
+    );
+    assert!(
+        out.contains("diff-id sha256:") && out.contains("digest  sha256:"),
+        "{out}"
+    );
+    {
+        let mp2 = s.path("mnt-a2");
+        let _m = mount_image(&store, a2, None, &mp2);
+        same(
+            "the committed image vs the changed mount",
+            &changed,
+            &tree_of(&mp2, &s.path("a2")),
+        );
+    }
+    let saved = s.path("a2-saved.tar");
+    plyfs_ok(
+        &store,
+        &[os("image"), os("save"), os(a2), saved.as_os_str()],
+    );
+    let pstore = PodmanStore::new(&s.path("podman"), Mode::Root, MountProgram::Kernel, false);
+    let podman = podman_tree(&pstore, &saved, a2, &s.path("podman-a2"));
+    same(
+        "podman load of plyfs image save vs the changed mount",
+        &changed,
+        &podman,
+    );
+}
+
+#[test]
+fn plain_user_imports_mounts_and_commits() {
+    if !ready() {
+        return;
+    }
+    let s = open_scratch();
+    let user = ci_user();
+    let arch = write_archive(&s, "a.tar", &[readable_image()]);
+    let bin = s.mkdir("bin");
+    std::fs::copy(PLYFS, bin.join("plyfs")).unwrap();
+    std::fs::set_permissions(bin.join("plyfs"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = s.mkdir("user");
+    user.chown_tree(&base);
+    let home = base.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let store = base.join("store");
+    let plyfs = |args: &[&OsStr]| {
+        let mut c = user.command(bin.join("plyfs"), &home);
+        c.args(args)
+            .env("XDG_DATA_HOME", base.join("data"))
+            .env("PLYFS_STORE", &store);
+        run_ok(&mut c, &format!("plyfs {args:?} as {}", user.name))
+    };
+    // Root's view of the image is the reference.
+    let root_store = s.path("root-store");
+    plyfs_ok(&root_store, &[os("image"), os("import"), arch.as_os_str()]);
+    let reference = {
+        let _m = mount_image(&root_store, A, None, &s.path("mnt-root"));
+        tree_of(&s.path("mnt-root"), &s.path("ref"))
+    };
+
+    plyfs(&[os("image"), os("import"), arch.as_os_str()]);
+    let (upper, mp, mp2) = (base.join("upper"), base.join("mnt"), base.join("mnt2"));
+    let needle = base.to_string_lossy().into_owned();
+    let _guard = UserMounts {
+        user,
+        home: home.clone(),
+        mps: vec![mp.clone(), mp2.clone()],
+        needle,
+    };
+    let as_user_tar = |dir: &Path, dest: &str| {
+        tar_snapshot(
+            user.command("sh", &home)
+                .args(["-c", &format!("cd \"$1\" && {TAR_CREATE}"), "sh"])
+                .arg(dir),
+            &s.path(dest),
+        )
+    };
+    std::fs::create_dir_all(&mp).unwrap();
+    user.chown_tree(&base);
+    plyfs(&[
+        os("mount"),
+        os("--image"),
+        os(A),
+        os("--upper"),
+        upper.as_os_str(),
+        mp.as_os_str(),
+    ]);
+    // Owners and devices come from the override attribute (which a
+    // symlink cannot carry: it shows its real owner, as with
+    // fuse-overlayfs).
+    let mut view = as_user_tar(&mp, "user-view");
+    for o in view.objs.values_mut().filter(|o| o.kind == "symlink") {
+        (o.uid, o.gid) = (0, 0);
+    }
+    same("the plain user's mount vs root's", &reference, &view);
+    run_ok(
+        user.command("sh", &home).args(["-c", "cd \"$1\"/work && echo new > newfile && echo more >> notes && rm -r deep && mv sub sub2 && mkdir made", "sh"]).arg(&mp),
+        "the user's changes",
+    );
+    let changed = as_user_tar(&mp, "user-changed");
+    run_ok(
+        user.command("fusermount3", &home).arg("-u").arg(&mp),
+        "fusermount3 -u",
+    );
+    let out = plyfs(&[
+        os("commit"),
+        upper.as_os_str(),
+        os("--image"),
+        os(A),
+        os("--tag"),
+        os("mine:1"),
+    ]);
+    assert!(out.contains("image"), "{out}");
+    std::fs::create_dir_all(&mp2).unwrap();
+    user.chown_tree(&mp2);
+    plyfs(&[os("mount"), os("--image"), os("mine:1"), mp2.as_os_str()]);
+    same(
+        "the user's committed image vs the changed mount",
+        &changed,
+        &as_user_tar(&mp2, "user-mine"),
+    );
+    run_ok(
+        user.command("fusermount3", &home).arg("-u").arg(&mp2),
+        "fusermount3 -u",
+    );
+}
+
+/// Mounts of a plain user; dropping unmounts them and ends their daemons.
+struct UserMounts<'a> {
+    user: &'a common::users::User,
+    home: PathBuf,
+    mps: Vec<PathBuf>,
+    needle: String,
+}
+
+impl Drop for UserMounts<'_> {
+    fn drop(&mut self) {
+        for mp in &self.mps {
+            if is_mounted(mp) {
+                let _ = run(self
+                    .user
+                    .command("fusermount3", &self.home)
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(mp));
+            }
+            unmount_all_under(mp);
+        }
+        kill_processes_mentioning(&self.needle);
+    }
+}
