@@ -155,8 +155,14 @@ pub fn image(a: ImageArgs) -> Result<()> {
                 }
             }
             store.write_images(&images).map_err(fail)?;
-            let gone = store.collect_garbage(&images).map_err(fail)?;
+            let (gone, held) = store.collect_garbage(&images).map_err(fail)?;
             eprintln!("plyfs: {gone} layer(s) no image uses removed");
+            if held > 0 {
+                eprintln!(
+                    "plyfs: {held} layer(s) no image uses stay while a mount uses them \
+                     (removed by the next plyfs image rm)"
+                );
+            }
             Ok(())
         }
         ImageCmd::Lowerdir { name } => {
@@ -247,9 +253,13 @@ pub struct MountArgs {
 
 pub fn mount(a: MountArgs) -> Result<()> {
     let store = a.store.open()?;
-    let (img, dirs) = {
+    // The layers stay while the mount lives, even if the image is
+    // removed: the daemon inherits these descriptors and their locks.
+    let (img, dirs, _held) = {
         let _lock = lock(&store, false)?;
-        find(&store, &a.image)?
+        let (img, dirs) = find(&store, &a.image)?;
+        let held = store.hold_layers(&dirs).map_err(fail)?;
+        (img, dirs, held)
     };
     let mut opts = vec![format!("lowerdir={}", join_layers(&dirs))];
     if let Some(upper) = &a.upper {
@@ -350,6 +360,11 @@ pub struct LowerArgs {
     /// The lower layers, top first (instead of --image).
     #[arg(long, value_name = "A:B:...", conflicts_with = "image")]
     lowerdir: Option<String>,
+    /// The work directory of the upper's mounts, whose index holds the
+    /// changed copies of hard-linked files (default: `.NAME.work` beside
+    /// the upper, where `plyfs mount --image` keeps it, if it exists).
+    #[arg(long, value_name = "DIR")]
+    work: Option<PathBuf>,
 }
 
 impl LowerArgs {
@@ -359,17 +374,23 @@ impl LowerArgs {
             let (img, dirs) = find(store, name)?;
             return Ok((Some(img), dirs));
         }
-        let dirs = self
-            .lowerdir
-            .as_deref()
-            .map(|l| {
-                l.split(':')
-                    .filter(|s| !s.is_empty())
-                    .map(PathBuf::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let Some(l) = self.lowerdir.as_deref() else {
+            return Ok((None, Vec::new()));
+        };
+        let (dirs, data) = crate::options::split_lowers(l).map_err(fail)?;
+        if !data.is_empty() {
+            return Err(fail(
+                "--lowerdir: data-only layers (after ::) cannot be read here",
+            ));
+        }
         Ok((None, dirs))
+    }
+
+    /// The work directory of `upper`'s mounts, if there is one.
+    fn work(&self, upper: &Path) -> Option<PathBuf> {
+        self.work
+            .clone()
+            .or_else(|| sibling(upper, "work").ok().filter(|w| w.is_dir()))
     }
 }
 
@@ -420,7 +441,8 @@ pub fn commit(a: CommitArgs) -> Result<()> {
         None => None,
     };
     let (base, lowers) = a.lowers.resolve(store.as_ref())?;
-    let changes = Changes::open(&a.upper, &lowers).map_err(fail)?;
+    let work = a.lowers.work(&a.upper);
+    let changes = Changes::open(&a.upper, &lowers, work.as_deref()).map_err(fail)?;
     let (path, keep) = match (&a.output, &store) {
         (Some(p), _) => (p.clone(), true),
         (None, Some(s)) => (s.tmp_path("commit"), false),
@@ -468,7 +490,8 @@ pub fn diff(a: DiffArgs) -> Result<()> {
     } else {
         a.lowers.resolve(None)?.1
     };
-    let changes = Changes::open(&a.upper, &lowers).map_err(fail)?;
+    let work = a.lowers.work(&a.upper);
+    let changes = Changes::open(&a.upper, &lowers, work.as_deref()).map_err(fail)?;
     for line in commit::diff(&changes).map_err(fail)? {
         println!("{line}");
     }

@@ -10,7 +10,6 @@ use std::io::Read;
 use common::*;
 
 #[test]
-#[ignore = "plyfs-core reads metacopy uppers as if metacopy were off (README: Not done); run with --ignored once it knows them"]
 fn commit_resolves_a_kernel_metacopy_file() {
     if !require_mount_privileges() {
         return;

@@ -357,6 +357,8 @@ ln newfile made-hardlink
 chmod 0700 srv-tagged
 chown 7:7 etc/motd
 mkdir -p made/sub && echo m > made/sub/f && ln -s ../newfile made/link
+echo changed >> bin/tool
+chmod 0750 new/one
 "#;
 
 #[test]
@@ -593,4 +595,37 @@ impl Drop for UserMounts<'_> {
         }
         kill_processes_mentioning(&self.needle);
     }
+}
+
+/// `image rm` of a mounted image keeps the layers the mount uses until it
+/// ends; a later `image rm` collects them.
+#[test]
+fn removing_a_mounted_image_keeps_its_layers_until_unmount() {
+    if !ready() {
+        return;
+    }
+    let s = open_scratch();
+    let arch = write_archive(&s, "ab.tar", &[image_a(), image_b()]);
+    let store = s.path("store");
+    plyfs_ok(&store, &[os("image"), os("import"), arch.as_os_str()]);
+    let layers = || std::fs::read_dir(store.join("layers")).unwrap().count();
+    let before = layers();
+    let mp = s.path("mnt");
+    {
+        let _m = mount_image(&store, A, None, &mp);
+        let mut c = Command::new(PLYFS);
+        c.args(["image", "rm", A, "--store"]).arg(&store);
+        let out = c.output().unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("stay while a mount uses them"), "{err}");
+        assert_eq!(layers(), before, "nothing removed under the mount");
+        assert_eq!(
+            std::fs::read_to_string(mp.join("etc/motd")).unwrap(),
+            "hello v2\n"
+        );
+    }
+    // The mount has ended: removing the other image collects everything.
+    plyfs_ok(&store, &[os("image"), os("rm"), os(B)]);
+    assert_eq!(layers(), 0);
 }

@@ -122,8 +122,10 @@ const DIR_FLAGS: i32 = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
 impl Changes {
     /// Opens `upper`, made over `lowers` (top first; may be empty, then
-    /// redirects and metacopy files cannot be read).
-    pub fn open(upper: &Path, lowers: &[PathBuf]) -> Result<Changes> {
+    /// redirects and metacopy files cannot be read), with the work
+    /// directory of its mounts where known (its index holds the copies of
+    /// hard-linked lower files, which the upper may not name).
+    pub fn open(upper: &Path, lowers: &[PathBuf], work: Option<&Path>) -> Result<Changes> {
         let io = |errno| ChangesError::Io {
             path: upper.to_path_buf(),
             errno,
@@ -136,6 +138,7 @@ impl Changes {
             let union = Overlay::new(Config {
                 lowers: lowers.to_vec(),
                 upper: Some(upper.to_path_buf()),
+                work: work.map(Path::to_path_buf),
                 read_only: true,
                 ..Config::default()
             })?;
@@ -165,7 +168,77 @@ impl Changes {
         &self,
         f: &mut dyn FnMut(Change) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.walk_upper(&self.root, Path::new(""), false, f)
+        let mut seen = std::collections::HashSet::new();
+        self.walk_upper(&self.root, Path::new(""), false, &mut |c: Change| {
+            seen.insert(c.path.clone());
+            f(c)
+        })?;
+        self.walk_index(&seen, f)
+    }
+
+    /// Names of hard-linked lower files whose copy is in the index but
+    /// that the upper does not name (a write or chmod reaches the copy
+    /// without saying by which name): each is changed content.
+    fn walk_index<E: From<ChangesError>>(
+        &self,
+        seen: &std::collections::HashSet<PathBuf>,
+        f: &mut dyn FnMut(Change) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let (Some(union), Some(lowers)) = (&self.union, &self.lowers) else {
+            return Ok(());
+        };
+        if !union.has_index_entries() {
+            return Ok(());
+        }
+        let mut linked = Vec::new();
+        self.hard_linked(lowers, ROOT_INO, Path::new(""), &mut linked)?;
+        linked.sort();
+        for path in linked {
+            if seen.contains(&path) {
+                continue;
+            }
+            let ino = match lookup_path(union, &path) {
+                Ok(ino) => ino,
+                Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => continue,
+                Err(e) => return Err(self.io(&path, e).into()),
+            };
+            if !union.is_indexed(ino) {
+                continue;
+            }
+            let obj = self.union_object(union, ino, &path)?;
+            f(Change {
+                path,
+                what: What::Object(Box::new(obj)),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Paths of the lowers' regular files with more than one name.
+    fn hard_linked(
+        &self,
+        view: &Overlay,
+        dir: Ino,
+        rel: &Path,
+        out: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let io = |errno| self.io(rel, errno);
+        for e in view.read_dir(dir).map_err(io)? {
+            if e.name == "." || e.name == ".." {
+                continue;
+            }
+            let path = rel.join(&e.name);
+            if e.dtype == libc::DT_DIR {
+                let ino = view.lookup(dir, &e.name).map_err(io)?.ino;
+                self.hard_linked(view, ino, &path, out)?;
+            } else if e.dtype == libc::DT_REG {
+                let st = view.lookup(dir, &e.name).map_err(io)?.attr;
+                if st.st_nlink > 1 {
+                    out.push(path);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The data of a regular file of the change.
@@ -249,7 +322,7 @@ impl Changes {
     ) -> std::result::Result<(), E> {
         // Every empty file gets a look for the whiteout attribute: a tool
         // other than the one that marks directories may have written it.
-        let listed = read_layer_dir(dir.as_fd(), true).map_err(|e| self.io(rel, e))?;
+        let listed = read_layer_dir(dir.as_fd(), true, false).map_err(|e| self.io(rel, e))?;
         let opaque_here = opaque || listed.oci_opaque;
         let mut entries = listed.entries;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -318,7 +391,9 @@ impl Changes {
                 let sub = fs::openat(d, name, DIR_FLAGS, 0).map_err(io)?;
                 let sub = Arc::new(sub);
                 if !obj.opaque {
-                    obj.opaque = read_layer_dir(sub.as_fd(), false).map_err(io)?.oci_opaque;
+                    obj.opaque = read_layer_dir(sub.as_fd(), false, false)
+                        .map_err(io)?
+                        .oci_opaque;
                 }
                 let opaque = obj.opaque;
                 f(Change {

@@ -61,6 +61,20 @@ impl Overlay {
             .is_ok_and(|ist| ist.st_dev == upper.st_dev && ist.st_ino == upper.st_ino)
     }
 
+    /// Whether the index holds anything (a reader of the upper then has
+    /// names to look for).
+    pub(crate) fn has_index_entries(&self) -> bool {
+        self.layers
+            .work
+            .as_ref()
+            .is_some_and(|w| fs::list_names(w.index.as_fd()).is_ok_and(|n| !n.is_empty()))
+    }
+
+    /// Whether `ino` is a hard link whose copy lives in the index.
+    pub(crate) fn is_indexed(&self, ino: crate::Ino) -> bool {
+        self.node(ino).is_ok_and(|n| n.state.read().indexed)
+    }
+
     /// Lower hard links whose count the union must track in the index.
     pub(crate) fn needs_index(&self, node: &Node) -> bool {
         if node.is_dir() || self.layers.work.is_none() {

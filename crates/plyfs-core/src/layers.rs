@@ -45,7 +45,7 @@ pub(crate) struct Workdir {
     pub index: Arc<OwnedFd>,
     /// Held for the life of the mount: a second union on the same upper or
     /// work directory would interleave its copy-ups with this one's.
-    _locks: [OwnedFd; 2],
+    _locks: Vec<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -163,7 +163,14 @@ impl Layers {
                     return Err(SetupError::UpperReadOnly(upper.clone()));
                 }
                 check_overlaps(&all, work)?;
-                Some(prepare_workdir(work, upper, upper_layer)?)
+                if config.read_only {
+                    // A reader of the upper (commit, diff) beside a mount
+                    // that may be live: its index is read, nothing is
+                    // cleaned or locked.
+                    index_only(work)
+                } else {
+                    Some(prepare_workdir(work, upper, upper_layer)?)
+                }
             }
             _ => {
                 check_overlaps(&all, Path::new(""))?;
@@ -301,6 +308,28 @@ fn ancestry(start: BorrowedFd<'_>) -> Vec<(u64, u64)> {
     out
 }
 
+/// The index of a work directory, for a union that only reads: `None`
+/// where there is none.
+fn index_only(path: &Path) -> Option<Workdir> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    let root = fs::open_path(path, flags).ok()?;
+    let index = Arc::new(
+        fs::openat(
+            root.as_fd(),
+            OsStr::new("index"),
+            flags | libc::O_NOFOLLOW,
+            0,
+        )
+        .ok()?,
+    );
+    Some(Workdir {
+        path: path.to_path_buf(),
+        work: index.clone(),
+        index,
+        _locks: Vec::new(),
+    })
+}
+
 /// Locks a directory for this mount (as the kernel marks its upper and
 /// work directories in use).
 fn lock(path: &Path, role: &'static str, dir: BorrowedFd<'_>) -> Result<OwnedFd, SetupError> {
@@ -311,7 +340,7 @@ fn lock(path: &Path, role: &'static str, dir: BorrowedFd<'_>) -> Result<OwnedFd,
     };
     let fd =
         fs::openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(err)?;
-    match fs::lock_exclusive(fd.as_fd()) {
+    match fs::flock(fd.as_fd(), fs::Lock::Exclusive, false) {
         Ok(()) => Ok(fd),
         Err(e) if e == Errno::EAGAIN => Err(SetupError::InUse {
             role,
@@ -486,7 +515,7 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
         );
     }
     let index = sub("index")?;
-    let locks = [
+    let locks = vec![
         lock(path, "workdir", root.as_fd())?,
         lock(upper_path, "upperdir", upper.root.as_fd())?,
     ];

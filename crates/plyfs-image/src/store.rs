@@ -346,9 +346,28 @@ impl Store {
         self.write_images(&images)
     }
 
+    /// Holds `dirs` (an image's layers) for a mount: the layers stay
+    /// until every copy of the returned files is closed, also if their
+    /// image is removed meanwhile.
+    pub fn hold_layers(&self, dirs: &[PathBuf]) -> Result<Vec<File>> {
+        dirs.iter()
+            .map(|d| {
+                let f = File::open(d).at(d)?;
+                sysfs::flock(f.as_fd(), Lock::Shared, true).at(d)?;
+                Ok(f)
+            })
+            .collect()
+    }
+
+    /// Whether a mount holds the layer in `dir` (see [`Store::hold_layers`]).
+    fn in_use(dir: &Path) -> bool {
+        File::open(dir).is_ok_and(|f| sysfs::flock(f.as_fd(), Lock::Exclusive, false).is_err())
+    }
+
     /// Removes layers and blobs no image uses any more (under the
-    /// exclusive lock); returns how many layers went.
-    pub fn collect_garbage(&self, images: &[ImageRecord]) -> Result<usize> {
+    /// exclusive lock), but for layers a mount still holds; returns how
+    /// many layers went and how many stay for now.
+    pub fn collect_garbage(&self, images: &[ImageRecord]) -> Result<(usize, usize)> {
         let mut used_layers = std::collections::HashSet::new();
         let mut used_blobs = std::collections::HashSet::new();
         for i in images {
@@ -359,11 +378,14 @@ impl Store {
                 used_blobs.insert(l.blob.digest.trim_start_matches("sha256:").to_string());
             }
         }
-        let mut removed = 0;
+        let (mut removed, mut held) = (0, 0);
         let layers = self.root.join("layers");
         for e in std::fs::read_dir(&layers).at(&layers)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !used_layers.contains(&name) {
+            if !used_layers.contains(&name) && Self::in_use(&e.path().join("diff")) {
+                // A later collection takes it.
+                held += 1;
+            } else if !used_layers.contains(&name) {
                 // Out of sight in one rename, then removed at leisure.
                 let tmp = self.tmp_path("gone");
                 std::fs::rename(e.path(), &tmp).at(e.path())?;
@@ -377,7 +399,7 @@ impl Store {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(removed)
+        Ok((removed, held))
     }
 }
 

@@ -541,14 +541,6 @@ pub fn umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }
 
-/// Takes an exclusive advisory lock on `fd` without waiting: `EWOULDBLOCK`
-/// while another holder has it. It goes with the descriptor (and the
-/// process: a crash leaves no stale lock).
-pub fn lock_exclusive(fd: BorrowedFd<'_>) -> Result<()> {
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
-}
-
 /// Raises the open-file limit as far as allowed: a mount keeps a
 /// descriptor per cached directory and layer. Returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
