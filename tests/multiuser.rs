@@ -43,6 +43,7 @@ for line in sys.argv[3:]:
         elif verb == "chmod": os.chmod(p(0), int(a[1], 8)); r = "ok"
         elif verb == "chown": os.chown(p(0), int(a[1]), int(a[2])); r = "ok"
         elif verb == "truncate": os.truncate(p(0), int(a[1])); r = "ok"
+        elif verb == "otrunc": os.close(os.open(p(0), os.O_WRONLY | os.O_TRUNC)); r = "ok"
         elif verb == "utime": os.utime(p(0), (1000, 2000)); r = "ok"
         elif verb == "utime_now": os.utime(p(0), None); r = "ok"
         elif verb == "setxattr": os.setxattr(p(0), a[1], b"v"); r = "ok"
@@ -87,7 +88,11 @@ fn build(dir: &Path, _i: usize) {
     l.file("suid", "#!/bin/true\n")
         .file("ro", "ro")
         .file("own", "o")
-        .file("shared/f", "f");
+        .file("shared/f", "f")
+        .file("sgid_noexec", "g")
+        .file("sgid_exec", "g")
+        .file("trunc_suid", "tttt")
+        .file("otrunc_suid", "tttt");
     let own =
         |p: &str, u: u32, g: u32| std::os::unix::fs::chown(dir.join(p), Some(u), Some(g)).unwrap();
     let mode = |p: &str, m: u32| {
@@ -105,6 +110,13 @@ fn build(dir: &Path, _i: usize) {
     mode("sgid", 0o2777);
     mode("priv", 0o700);
     mode("suid", 0o6777);
+    // Set-ID bits a write, truncate or O_TRUNC by an unprivileged user
+    // must kill (the group not executable, the writer not in the group:
+    // the set-group-ID bit goes too, as the kernel's VFS decides).
+    mode("sgid_noexec", 0o6666);
+    mode("sgid_exec", 0o6777);
+    mode("trunc_suid", 0o6666);
+    mode("otrunc_suid", 0o6666);
     mode("ro", 0o444);
     mode("own", 0o644);
     mode("shared", 0o755);
@@ -115,7 +127,15 @@ fn other_users_get_the_kernels_answers() {
     if !require_mount_privileges() {
         return;
     }
-    let t = Twin::with_opts(1, "allow_other", build);
+    // Both data paths: passthrough (writes never reach plyfs) and the
+    // writeback cache (writes do, with the kernel's kill flag).
+    for opts in ["allow_other", "allow_other,passthrough=0"] {
+        other_users_scenarios(opts);
+    }
+}
+
+fn other_users_scenarios(opts: &str) {
+    let t = Twin::with_opts(1, opts, build);
     std::fs::set_permissions(t.scratch.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let scenarios: &[(u32, u32, u32, &[&str])] = &[
         (
@@ -173,6 +193,14 @@ fn other_users_get_the_kernels_answers() {
                 "stat pub/b",
                 "write suid",
                 "stat suid",
+                "write sgid_noexec",
+                "stat sgid_noexec",
+                "write sgid_exec",
+                "stat sgid_exec",
+                "truncate trunc_suid 1",
+                "stat trunc_suid",
+                "otrunc otrunc_suid",
+                "stat otrunc_suid",
                 "write own",
                 "create shared/x 644",
                 "unlink sticky/theirs",
@@ -204,7 +232,7 @@ fn other_users_get_the_kernels_answers() {
             .iter()
             .zip(k.iter().zip(&p))
             .filter(|(_, (a, b))| a != b)
-            .map(|(op, (a, b))| format!("uid {uid}: {op}: kernel {a:?}, plyfs {b:?}"))
+            .map(|(op, (a, b))| format!("{opts}: uid {uid}: {op}: kernel {a:?}, plyfs {b:?}"))
             .collect();
         assert!(
             diffs.is_empty(),

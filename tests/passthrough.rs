@@ -156,10 +156,10 @@ fn a_read_only_open_first_does_not_stop_later_writers() {
 }
 
 /// 4096 one-byte appends, then a partial overwrite through a write-only
-/// open; returns the daemon's write calls for the appends. The kernel asks
-/// for `security.capability` on every write(2) either way (one reply each);
-/// a WRITE request costs two more calls (the reply and the write to the
-/// upper file).
+/// open; returns the daemon's write calls for the appends. A WRITE request
+/// costs two (the reply and the write to the upper file); the kernel asks
+/// nothing else per write(2) (FUSE_HANDLE_KILLPRIV_V2: no
+/// `security.capability` lookups).
 fn small_writes(ply: &PlyfsMount) -> u64 {
     let before = daemon_io(ply.pid(), "syscw:");
     let mut w = std::fs::OpenOptions::new()
@@ -199,7 +199,7 @@ fn without_passthrough_the_kernel_caches_writes() {
     let ply = setup(&s, ",passthrough=0");
     let writes = small_writes(&ply);
     assert!(
-        writes < 4096 + 500,
+        writes < 500,
         "the daemon made {writes} write calls for 4096 one-byte appends"
     );
     // What the kernel cached reached the upper layer.
@@ -211,7 +211,7 @@ fn without_passthrough_the_kernel_caches_writes() {
     let ply = setup(&s, ",passthrough=0,writeback=0");
     let writes = small_writes(&ply);
     assert!(
-        writes >= 3 * 4096,
+        writes >= 2 * 4096,
         "only {writes} write calls: writeback=0 not honoured?"
     );
 }

@@ -19,6 +19,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// The kernel leaves killing set-ID bits and capabilities to the
+    /// filesystem (FUSE_HANDLE_KILLPRIV_V2): kill them as `caller`'s
+    /// write, truncate or chown would.
+    pub kill_privs: Option<Caller>,
 }
 
 impl SetAttr {
@@ -95,6 +99,9 @@ impl Overlay {
     pub fn setattr(&self, ino: Ino, set: &SetAttr, file: Option<&OpenFile>) -> Result<Stat> {
         let node = self.node(ino)?;
         if set.is_empty() {
+            if let Some(caller) = &set.kill_privs {
+                self.kill_privs_of(&node, caller)?;
+            }
             return self.touch_ctime(&node);
         }
         self.check_writable()?;
@@ -140,6 +147,11 @@ impl Overlay {
                 }
             }
         }
+        if let Some(caller) = &set.kill_privs
+            && set.mode.is_none()
+        {
+            self.kill_privs_of(&node, caller)?;
+        }
         if set.atime.is_some() || set.mtime.is_some() {
             let (a, m) = (
                 set.atime.unwrap_or(SetTime::Omit),
@@ -151,6 +163,45 @@ impl Overlay {
             }
         }
         self.node_attr(&node)
+    }
+
+    /// Kills the set-ID bits and file capabilities a write by `caller`
+    /// kills, as the kernel's VFS does: set-user-ID always, set-group-ID
+    /// where the group may execute or the caller is not in the file's
+    /// group; `security.capability` with them. Nothing for root, which
+    /// keeps them (CAP_FSETID).
+    pub fn kill_privs(&self, ino: Ino, caller: &Caller) -> Result<()> {
+        let node = self.node(ino)?;
+        self.kill_privs_of(&node, caller)
+    }
+
+    fn kill_privs_of(&self, node: &std::sync::Arc<Node>, caller: &Caller) -> Result<()> {
+        if caller.uid == 0 || node.kind != libc::S_IFREG {
+            return Ok(());
+        }
+        let st = self.node_attr(node)?;
+        let mode = st.st_mode & 0o7777;
+        let mut kill = mode & libc::S_ISUID;
+        if mode & libc::S_ISGID != 0
+            && (mode & libc::S_IXGRP != 0 || !crate::process::in_group(caller, st.st_gid))
+        {
+            kill |= libc::S_ISGID;
+        }
+        if kill == 0 {
+            return Ok(());
+        }
+        self.copy_up_meta(node)?;
+        let set = SetAttr {
+            mode: Some(mode & !kill),
+            ..SetAttr::default()
+        };
+        self.setattr(node.ino, &set, None)?;
+        let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
+        let (dir, name) = upper.xattr_target();
+        match crate::sys::xattr::remove(dir, name, std::ffi::OsStr::new("security.capability")) {
+            Err(e) if e != Errno::ENODATA && e != Errno::EOPNOTSUPP => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// A setattr that changes nothing (`chown(f, -1, -1)`; the kernel

@@ -66,10 +66,17 @@ pub struct Entry {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The calling process (0: unknown), for what its credentials hold
+    /// beyond these ids (supplementary groups).
+    pub pid: u32,
 }
 
 impl Caller {
-    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
 }
 
 /// A mounted union of layers.

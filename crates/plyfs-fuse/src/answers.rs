@@ -12,7 +12,11 @@ impl PlyFs {
     /// Who asks, in the ids the layers store.
     pub(crate) fn caller(&self, req: &Request) -> Caller {
         let (uid, gid) = self.opts.ids.caller_to_disk(req.uid(), req.gid());
-        Caller { uid, gid }
+        Caller {
+            uid,
+            gid,
+            pid: req.pid(),
+        }
     }
 
     /// A stat as the kernel is told it, owners as the mount shows them.

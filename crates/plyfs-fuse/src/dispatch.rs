@@ -33,7 +33,8 @@ impl Filesystem for PlyFs {
             // plyfs could resolve only while the kernel caches the inode
             // would go stale (ESTALE) after drop_caches or a remount.
             | F::FUSE_NO_EXPORT_SUPPORT
-            | F::FUSE_DIRECT_IO_ALLOW_MMAP;
+            | F::FUSE_DIRECT_IO_ALLOW_MMAP
+            | F::FUSE_HANDLE_KILLPRIV_V2;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
         let data = self
@@ -71,7 +72,7 @@ impl Filesystem for PlyFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -96,6 +97,18 @@ impl Filesystem for PlyFs {
             (Some(None), _) | (_, Some(None)) => return reply.error(fuser::Errno::EINVAL),
             (u, g) => (u.flatten(), g.flatten()),
         };
+        // With FUSE_HANDLE_KILLPRIV_V2 the kernel asks the filesystem to
+        // kill set-ID bits (FATTR_KILL_SUIDGID, which fuser does not hand
+        // over): on a chown, on a truncate by a caller without CAP_FSETID,
+        // and alone in an otherwise empty request for a write or a
+        // chown(-1, -1). An empty request, or a truncate by someone other
+        // than root, is therefore that.
+        let caller = self.caller(req);
+        let nothing = [mode, uid, gid].iter().all(Option::is_none)
+            && size.is_none()
+            && atime.is_none()
+            && mtime.is_none();
+        let kill = nothing || (size.is_some() && caller.uid != 0);
         let set = SetAttr {
             mode,
             uid,
@@ -103,6 +116,7 @@ impl Filesystem for PlyFs {
             size,
             atime: convert::set_time(atime),
             mtime: convert::set_time(mtime),
+            kill_privs: kill.then_some(caller),
         };
         let file = fh.and_then(|fh| self.handles.get(fh).ok());
         match self.ov.setattr(ino.0, &set, file.as_deref()) {
@@ -212,8 +226,15 @@ impl Filesystem for PlyFs {
         self.coherence.changed(newparent.0, true);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov.open(ino.0, self.handles.open_flags(flags.0)) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = self.ov.open(ino.0, self.handles.open_flags(flags.0));
+        // O_TRUNC kills set-ID bits as a truncate does (the kernel's
+        // FUSE_OPEN_KILL_SUIDGID, which fuser does not hand over).
+        let caller = self.caller(req);
+        if opened.is_ok() && flags.0 & libc::O_TRUNC != 0 && caller.uid != 0 {
+            let _ = self.ov.kill_privs(ino.0, &caller);
+        }
+        match opened {
             Ok(file) => match self
                 .handles
                 .opened(&self.ov, ino.0, file, |fd| reply.open_backing(fd))
@@ -255,17 +276,23 @@ impl Filesystem for PlyFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.handles.get(fh).and_then(|f| f.write(data, offset)) {
+        let r = self.handles.get(fh).and_then(|f| f.write(data, offset));
+        // FUSE_HANDLE_KILLPRIV_V2: a write by a caller without CAP_FSETID
+        // kills set-ID bits here.
+        if r.is_ok() && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            let _ = self.ov.kill_privs(ino.0, &self.caller(req));
+        }
+        match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
