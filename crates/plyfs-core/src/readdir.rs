@@ -52,7 +52,18 @@ impl Overlay {
     /// The entries of union directory `ino`, with `.` and `..`.
     pub fn read_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
         let node = self.node(ino)?;
-        self.read_dir_node(&node)
+        let entries = self.read_dir_node(&node)?;
+        // Every entry is about to be looked up (READDIRPLUS): have their
+        // lower inodes read in the background meanwhile.
+        if entries.len() > 64
+            && let Some(p) = self.prefetcher()
+        {
+            let lowers = node.state.read().lowers.clone();
+            for fd in lowers.iter().filter_map(Real::dir_fd) {
+                p.offer(fd, std::ffi::OsStr::new("."));
+            }
+        }
+        Ok(entries)
     }
 
     pub(crate) fn read_dir_node(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {

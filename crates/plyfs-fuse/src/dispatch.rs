@@ -23,8 +23,11 @@ use crate::passthrough::Answer;
 impl Filesystem for PlyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         use fuser::InitFlags as F;
+        // READDIRPLUS for every listing, not only its first chunk
+        // (no FUSE_READDIRPLUS_AUTO): a walk or `ls -l` then finds every
+        // entry cached instead of sending a LOOKUP each; a listing alone
+        // (`ls -f`) pays the stats.
         let want = F::FUSE_DO_READDIRPLUS
-            | F::FUSE_READDIRPLUS_AUTO
             | F::FUSE_PARALLEL_DIROPS
             | F::FUSE_CACHE_SYMLINKS
             | F::FUSE_ATOMIC_O_TRUNC
