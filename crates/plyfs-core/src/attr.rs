@@ -47,17 +47,16 @@ impl Overlay {
     /// link count.
     pub(crate) fn node_attr(&self, node: &Node) -> Result<Stat> {
         let s = node.state.read();
-        let mut st = match (&s.upper, &s.lower_stat) {
-            (Some(u), _) => u.stat()?,
-            (None, Some(ls)) => *ls,
-            (None, None) => s.lowers.first().ok_or(Errno::ESTALE)?.stat()?,
+        let mut st = match &s.upper {
+            Some(u) => u.stat()?,
+            None => s.lowers.first().ok_or(Errno::ESTALE)?.stat()?,
         };
         if let Some(o) = s.shown_ovr() {
             o.apply(&mut st);
         }
         // A metacopy file's blocks are where its data is, as the kernel
         // reports them.
-        if let Some(data) = &s.data {
+        if let Some(data) = s.data() {
             st.st_blocks = data.stat()?.st_blocks;
         }
         st.st_ino = self.st_ino(node);
@@ -81,7 +80,7 @@ impl Overlay {
         let node = self.node(file.ino())?;
         let (unlinked, ovr) = {
             let s = node.state.read();
-            (s.unlinked, s.upper_ovr)
+            (s.unlinked, s.upper_ovr())
         };
         if unlinked {
             let mut st = file.stat()?;

@@ -95,10 +95,7 @@ impl Overlay {
         let pstate = parent.state.read().clone();
         let udir = pstate.upper_dir().ok_or(Errno::EIO)?.clone();
         let lower = state.lowers.first().ok_or(Errno::EIO)?.clone();
-        let lst = match state.lower_stat {
-            Some(st) => st,
-            None => lower.stat()?,
-        };
+        let lst = lower.stat()?;
         let work = self.layers.work.as_ref().ok_or(Errno::EROFS)?;
         let pst = fs::fstat(udir.as_fd())?;
         // A name deleted since the object was opened (the kernel flushes
@@ -110,7 +107,7 @@ impl Overlay {
         }
         debug!(ino = node.ino, name = ?state.name, meta, "copy-up");
         let fh = self.origin_fh(&lower).ok().flatten();
-        let data = state.data.clone().unwrap_or_else(|| lower.clone());
+        let data = state.data().cloned().unwrap_or_else(|| lower.clone());
         let tmp = util::temp_name();
         let mut upper_ovr = None;
         let placed = self
@@ -121,7 +118,7 @@ impl Overlay {
                 (!meta).then_some(&data),
                 &lst,
                 node.kind,
-                state.lower_ovr,
+                state.lower_ovr(),
             )
             .and_then(|ovr| {
                 upper_ovr = ovr;
@@ -145,7 +142,7 @@ impl Overlay {
             return Err(e);
         }
         if meta {
-            node.state.write().data = Some(data);
+            node.state.write().set_data(Some(data));
         }
         self.set_upper(node, parent, &udir, &state, upper_ovr)?;
         if fh.is_some() {
@@ -186,7 +183,7 @@ impl Overlay {
         {
             let mut s = node.state.write();
             s.upper = Some(upper);
-            s.upper_ovr = upper_ovr;
+            s.set_upper_ovr(upper_ovr);
         }
         parent.bump_version();
         // A copied directory is merged now (link count 1), a copied file

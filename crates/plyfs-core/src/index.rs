@@ -28,10 +28,10 @@ impl Overlay {
             return Ok(None);
         }
         let s = node.state.read().clone();
-        let (Some(lower), Some(st)) = (s.lowers.first(), s.lower_stat) else {
+        let Some(lower) = s.lowers.first() else {
             return Ok(None);
         };
-        if st.st_nlink <= 1 || (s.upper.is_some() && !s.indexed) {
+        if s.lower_nlink <= 1 || (s.upper.is_some() && !s.indexed) {
             return Ok(None);
         }
         Ok(self
@@ -81,7 +81,7 @@ impl Overlay {
             return false;
         }
         let s = node.state.read();
-        s.lower_stat.is_some_and(|st| st.st_nlink > 1) && (s.upper.is_none() || s.indexed)
+        s.lower_nlink > 1 && (s.upper.is_none() || s.indexed)
     }
 
     /// A lower hard link found by lookup: if one of its names was copied
@@ -134,10 +134,7 @@ impl Overlay {
         }
         let work = self.layers.work.as_ref().ok_or(Errno::EROFS)?;
         let lower = state.lowers.first().ok_or(Errno::EIO)?.clone();
-        let lst = match state.lower_stat {
-            Some(st) => st,
-            None => lower.stat()?,
-        };
+        let lst = lower.stat()?;
         debug!(ino = node.ino, ?iname, "copy-up to the index");
         let upper = Real::At {
             layer: 0,
@@ -154,10 +151,10 @@ impl Overlay {
                     work.work.as_fd(),
                     &tmp,
                     &lower,
-                    Some(state.data.as_ref().unwrap_or(&lower)),
+                    Some(state.data().unwrap_or(&lower)),
                     &lst,
                     node.kind,
-                    state.lower_ovr,
+                    state.lower_ovr(),
                 )
                 .and_then(|ovr| {
                     upper_ovr = ovr;
@@ -189,9 +186,9 @@ impl Overlay {
         {
             let mut s = node.state.write();
             s.upper = Some(upper);
-            s.upper_ovr = upper_ovr;
+            s.set_upper_ovr(upper_ovr);
             s.indexed = true;
-            s.nlink = nlink;
+            s.set_nlink(nlink);
         }
         self.attr_changed(node.ino);
         Ok(())
@@ -261,14 +258,14 @@ impl Overlay {
             Nlink::relative_to_upper(union, upper.stat()?.st_nlink).ok_or(Errno::EOVERFLOW)?;
         let (dir, name) = upper.xattr_target();
         self.markers().set_nlink(dir, name, nlink)?;
-        node.state.write().nlink = Some(nlink);
+        node.state.write().set_nlink(Some(nlink));
         Ok(())
     }
 
     /// The union link count of an indexed node (0 when all names are gone).
     fn union_nlink(&self, node: &Node) -> Result<u64> {
         let s = node.state.read().clone();
-        let (Some(u), Some(_), Some(_)) = (&s.upper, &s.lower_stat, s.nlink) else {
+        let (Some(u), true, Some(_)) = (&s.upper, s.lower_nlink > 0, s.nlink()) else {
             return Ok(1);
         };
         let upper = u.stat()?.st_nlink;
@@ -280,8 +277,8 @@ impl Overlay {
 /// `upper` links, from its persistent count; `None` when there is no
 /// usable one (then the real count stands, as in the kernel).
 pub(crate) fn indexed_nlink(s: &NodeState, upper: u64) -> Option<u64> {
-    let (Some(ls), Some(n)) = (&s.lower_stat, s.nlink) else {
+    let (true, Some(n)) = (s.lower_nlink > 0, s.nlink()) else {
         return None;
     };
-    n.union_count(ls.st_nlink, upper)
+    n.union_count(u64::from(s.lower_nlink), upper)
 }

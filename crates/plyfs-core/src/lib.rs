@@ -49,7 +49,7 @@ pub use readdir::DirEntry;
 pub use rename::Renamed;
 pub use sys::fs::{SetTime, Stat, StatVfs};
 
-use inode::{InoMap, InodeTable, Node, NodeState, Real};
+use inode::{Found, InoMap, InodeTable, Node, NodeState, Real};
 use layers::Layers;
 use markers::Markers;
 
@@ -175,22 +175,25 @@ impl Overlay {
             ROOT_INO,
             0,
             libc::S_IFDIR,
-            NodeState {
-                parent: ROOT_INO,
-                name: Arc::from(OsStr::new("")),
-                upper,
-                lowers: lowers.into(),
-                lower_stat: Some(lower_stat),
-                redirect: None,
-                impure,
-                opaque: false,
-                indexed: false,
-                nlink: None,
-                unlinked: false,
-                upper_ovr,
-                lower_ovr,
-                data: None,
-            },
+            NodeState::from_found(
+                ROOT_INO,
+                Arc::from(OsStr::new("")),
+                &Found {
+                    kind: libc::S_IFDIR,
+                    upper,
+                    upper_stat: None,
+                    lowers,
+                    lower_stat: Some(lower_stat),
+                    opaque: false,
+                    redirect: None,
+                    impure,
+                    indexed: false,
+                    nlink: None,
+                    upper_ovr,
+                    lower_ovr,
+                    data: None,
+                },
+            ),
         ));
         let index_file = layers
             .work

@@ -162,7 +162,7 @@ impl Overlay {
         }
         let _guard = node.op_lock.lock();
         let state = node.state.read().clone();
-        let (Some(upper), Some(data)) = (&state.upper, &state.data) else {
+        let (Some(upper), Some(data)) = (&state.upper, state.data()) else {
             return Ok(());
         };
         debug!(ino = node.ino, "copy-up of metacopy data");
@@ -175,7 +175,7 @@ impl Overlay {
         }
         let (dir, name) = upper.xattr_target();
         self.markers().clear_metacopy(dir, name)?;
-        node.state.write().data = None;
+        node.state.write().set_data(None);
         self.attr_changed(node.ino);
         Ok(())
     }

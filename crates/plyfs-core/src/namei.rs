@@ -10,7 +10,6 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::Overlay;
 use crate::error::{Errno, Result};
@@ -85,7 +84,7 @@ impl Overlay {
             return Err(Errno::ENOENT);
         }
         // The lookup cache: a live node, or a known miss.
-        let cached = parent.children.read().get(name).cloned();
+        let cached = parent.cached_child(name);
         match cached {
             Some(Child::Negative) => return Err(Errno::ENOENT),
             Some(Child::Positive(w)) => {
@@ -102,32 +101,22 @@ impl Overlay {
             }
             None => {}
         }
-        let version = parent.dir_version.load(Ordering::Acquire);
+        let version = parent.version();
         let pstate = parent.state.read().clone();
         let found = self.resolve(parent, &pstate, name)?;
         let Some(found) = found else {
-            if parent.dir_version.load(Ordering::Acquire) == version {
-                parent
-                    .children
-                    .write()
-                    .insert(name.to_os_string(), Child::Negative);
-            }
+            parent.cache_child_since(version, name, None);
             return Err(Errno::ENOENT);
         };
         let node = self.node_from(found, parent.ino, name, count)?;
-        if parent.dir_version.load(Ordering::Acquire) == version {
-            parent
-                .children
-                .write()
-                .insert(name.to_os_string(), Child::Positive(Arc::downgrade(&node)));
-        }
+        parent.cache_child_since(version, name, Some(&node));
         Ok(node)
     }
 
     /// The inode number `name` would have, without making it known to the
     /// kernel (readdir's `d_ino`).
     pub(crate) fn peek_ino(&self, parent: &Arc<Node>, name: &OsStr) -> Result<Ino> {
-        if let Some(Child::Positive(w)) = parent.children.read().get(name)
+        if let Some(Child::Positive(w)) = parent.cached_child(name)
             && let Some(n) = w.upgrade()
         {
             return Ok(n.ino);

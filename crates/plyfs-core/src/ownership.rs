@@ -175,7 +175,7 @@ impl Overlay {
         if set.mode.is_some() && node.kind == libc::S_IFLNK {
             return Err(Errno::EOPNOTSUPP);
         }
-        let current = node.state.read().upper_ovr;
+        let current = node.state.read().upper_ovr();
         let mut next = match current {
             Some(o) => o,
             None => StatOverride::from_stat(&upper.stat()?),
@@ -193,7 +193,7 @@ impl Overlay {
         // A symlink that cannot carry one keeps its real owner; as in
         // fuse-overlayfs, its lchown is not refused for that.
         if self.markers().set_override(dir, name, &next)? {
-            node.state.write().upper_ovr = Some(next);
+            node.state.write().set_upper_ovr(Some(next));
         }
         Ok(true)
     }
@@ -202,7 +202,7 @@ impl Overlay {
     /// shows them (for the set-group-ID rules).
     pub(crate) fn shown_dir_stat(&self, pnode: &Node, udir: BorrowedFd<'_>) -> Result<Stat> {
         let mut st = fs::fstat(udir.as_fd())?;
-        if let Some(o) = pnode.state.read().upper_ovr {
+        if let Some(o) = pnode.state.read().upper_ovr() {
             o.apply(&mut st);
         }
         Ok(st)

@@ -24,7 +24,8 @@ pub struct DirEntry {
 impl Overlay {
     /// The lower listing of `node`, built on first use.
     pub(crate) fn listing(&self, node: &Node, state: &NodeState) -> Result<Arc<LowerListing>> {
-        if let Some(l) = node.listing.get() {
+        let cell = node.listing_cell().ok_or(Errno::ENOTDIR)?;
+        if let Some(l) = cell.get() {
             return Ok(l.clone());
         }
         let mut dirs = Vec::with_capacity(state.lowers.len());
@@ -33,7 +34,7 @@ impl Overlay {
             dirs.push((real.layer(), fd.as_fd(), real.xwhiteouts()));
         }
         let built = Arc::new(LowerListing::build(dirs.into_iter(), &self.lower_index)?);
-        Ok(node.listing.get_or_init(|| built).clone())
+        Ok(cell.get_or_init(|| built).clone())
     }
 
     /// Whether rmdir, or a rename over it, may remove directory `node`:
@@ -59,6 +60,7 @@ impl Overlay {
             && let Some(p) = self.prefetcher()
         {
             let lowers = node.state.read().lowers.clone();
+            let lowers: &[Real] = &lowers;
             for fd in lowers.iter().filter_map(Real::dir_fd) {
                 p.offer(fd, std::ffi::OsStr::new("."));
             }

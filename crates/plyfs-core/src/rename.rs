@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::error::{Errno, Result};
-use crate::inode::{Ino, Node, ROOT_INO, Real};
+use crate::inode::{Ino, Lowers, Node, ROOT_INO, Real};
 use crate::markers::{self, Redirect, UpperSlot};
 use crate::sys::fs;
 use crate::{Overlay, util};
@@ -195,7 +195,7 @@ impl Overlay {
     /// Whether an entry carries an origin or redirect into its directory.
     fn carries_origin(&self, node: &Node) -> bool {
         let s = node.state.read();
-        !s.lowers.is_empty() || s.redirect.is_some()
+        !s.lowers.is_empty() || s.redirect().is_some()
     }
 
     /// Updates a node that moved from `old` to `new` (directory, name).
@@ -232,7 +232,7 @@ impl Overlay {
         let s = dir.state.read().clone();
         let udir = s.upper_dir().ok_or(Errno::EIO)?.clone();
         if !s.lowers.is_empty() {
-            if let Some(r) = &s.redirect
+            if let Some(r) = s.redirect()
                 && (samedir || Redirect::is_absolute(r))
             {
                 return Ok(());
@@ -246,7 +246,7 @@ impl Overlay {
                 self.absolute_path(dir)?
             };
             self.markers().set_redirect(udir.as_fd(), &redirect)?;
-            dir.state.write().redirect = Some(redirect);
+            dir.state.write().set_redirect(Some(redirect));
         } else if !s.opaque && !new_parent.state.read().lowers.is_empty() {
             self.markers().set_opaque(udir.as_fd(), OsStr::new("."))?;
             dir.state.write().opaque = true;
@@ -266,7 +266,7 @@ impl Overlay {
                 break;
             }
             let s = cur.state.read().clone();
-            match &s.redirect {
+            match s.redirect() {
                 Some(r) if Redirect::is_absolute(r) => {
                     comps.push(r[1..].to_vec());
                     absolute = true;
@@ -303,7 +303,7 @@ impl Overlay {
         self.markers().set_opaque(udir.as_fd(), OsStr::new("."))?;
         let mut s = dir.state.write();
         s.opaque = true;
-        s.lowers = Arc::from(Vec::new());
+        s.lowers = Lowers::None;
         Ok(())
     }
 

@@ -8,7 +8,7 @@ mod table;
 pub(crate) use table::{InoMap, InodeTable};
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -129,6 +129,38 @@ impl Real {
     }
 }
 
+/// The lower objects of a node: none, one (a file's, inline: files are
+/// most nodes), or a directory's stack.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Lowers {
+    #[default]
+    None,
+    One(Real),
+    Many(Arc<[Real]>),
+}
+
+impl std::ops::Deref for Lowers {
+    type Target = [Real];
+
+    fn deref(&self) -> &[Real] {
+        match self {
+            Lowers::None => &[],
+            Lowers::One(r) => std::slice::from_ref(r),
+            Lowers::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<Real>> for Lowers {
+    fn from(mut v: Vec<Real>) -> Lowers {
+        match v.len() {
+            0 => Lowers::None,
+            1 => v.pop().map_or(Lowers::None, Lowers::One),
+            _ => Lowers::Many(v.into()),
+        }
+    }
+}
+
 /// What a name resolves to, before it becomes a node.
 #[derive(Debug)]
 pub(crate) struct Found {
@@ -165,11 +197,11 @@ pub(crate) struct NodeState {
     /// Directories: the lower directories merged below the upper, top
     /// first. Non-directories: the lower object (data source before
     /// copy-up, origin after).
-    pub lowers: Arc<[Real]>,
-    /// Stat of `lowers[0]`; lowers never change, so it is read once.
-    pub lower_stat: Option<Stat>,
-    /// The upper directory's redirect, as stored.
-    pub redirect: Option<Vec<u8>>,
+    pub lowers: Lowers,
+    /// Link count of `lowers[0]` (0 without a lower); lowers never
+    /// change. (Its other attributes are read when asked for: keeping a
+    /// whole stat per node would double the memory of a cached tree.)
+    pub lower_nlink: u32,
     /// The upper directory is marked impure: entries below it may have
     /// origins, so their inode numbers need a lookup.
     pub impure: bool,
@@ -178,42 +210,136 @@ pub(crate) struct NodeState {
     /// A lower hard link whose copy lives in the index: all its names
     /// share one upper inode.
     pub indexed: bool,
-    /// Persistent union nlink for indexed objects ("L+n"/"U+n").
-    pub nlink: Option<Nlink>,
     /// The object has no name left in the union.
     pub unlinked: bool,
+    /// What few nodes have (boxed apart: a cached tree holds many nodes).
+    extra: Option<Box<Extra>>,
+}
+
+/// The rarer parts of a node's state.
+#[derive(Clone, Debug, Default)]
+struct Extra {
+    /// The upper directory's redirect, as stored.
+    redirect: Option<Vec<u8>>,
+    /// Persistent union nlink for indexed objects ("L+n"/"U+n").
+    nlink: Option<Nlink>,
     /// What the override-stat attribute of the upper object says (in an
     /// override layer): kept here because only plyfs changes it.
-    pub upper_ovr: Option<StatOverride>,
+    upper_ovr: Option<StatOverride>,
     /// Likewise for `lowers[0]`, read once.
-    pub lower_ovr: Option<StatOverride>,
+    lower_ovr: Option<StatOverride>,
     /// Metacopy: where the file's data is, when the object the union shows
     /// has only its metadata (an upper copied up without data, or a lower
     /// whose data is in a layer below or in a data-only layer).
-    pub data: Option<Real>,
+    data: Option<Real>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.redirect.is_none()
+            && self.nlink.is_none()
+            && self.upper_ovr.is_none()
+            && self.lower_ovr.is_none()
+            && self.data.is_none()
+    }
 }
 
 impl NodeState {
+    /// A node's state from what lookup found.
+    pub fn from_found(parent: Ino, name: Arc<OsStr>, f: &Found) -> NodeState {
+        let mut s = NodeState {
+            parent,
+            name,
+            upper: f.upper.clone(),
+            lowers: f.lowers.clone().into(),
+            lower_nlink: f
+                .lower_stat
+                .map_or(0, |s| s.st_nlink.min(u64::from(u32::MAX)) as u32),
+            impure: f.impure,
+            opaque: f.opaque,
+            indexed: f.indexed,
+            unlinked: false,
+            extra: None,
+        };
+        s.edit(|e| {
+            e.redirect = f.redirect.clone();
+            e.nlink = f.nlink;
+            e.upper_ovr = f.upper_ovr;
+            e.lower_ovr = f.lower_ovr;
+            e.data = f.data.clone();
+        });
+        s
+    }
+
+    /// Changes the rarer parts, boxing them only while one is set.
+    fn edit(&mut self, f: impl FnOnce(&mut Extra)) {
+        let mut e = self.extra.take().unwrap_or_default();
+        f(&mut e);
+        if !e.is_empty() {
+            self.extra = Some(e);
+        }
+    }
+
+    fn extra(&self) -> Option<&Extra> {
+        self.extra.as_deref()
+    }
+
+    pub fn redirect(&self) -> Option<&Vec<u8>> {
+        self.extra()?.redirect.as_ref()
+    }
+
+    pub fn set_redirect(&mut self, r: Option<Vec<u8>>) {
+        self.edit(|e| e.redirect = r);
+    }
+
+    pub fn nlink(&self) -> Option<Nlink> {
+        self.extra()?.nlink
+    }
+
+    pub fn set_nlink(&mut self, n: Option<Nlink>) {
+        self.edit(|e| e.nlink = n);
+    }
+
+    pub fn upper_ovr(&self) -> Option<StatOverride> {
+        self.extra()?.upper_ovr
+    }
+
+    pub fn set_upper_ovr(&mut self, o: Option<StatOverride>) {
+        self.edit(|e| e.upper_ovr = o);
+    }
+
+    pub fn lower_ovr(&self) -> Option<StatOverride> {
+        self.extra()?.lower_ovr
+    }
+
+    pub fn data(&self) -> Option<&Real> {
+        self.extra()?.data.as_ref()
+    }
+
+    pub fn set_data(&mut self, d: Option<Real>) {
+        self.edit(|e| e.data = d);
+    }
+
     pub fn real(&self) -> Option<&Real> {
         self.upper.as_ref().or_else(|| self.lowers.first())
     }
 
     /// Where reads of the file's data go.
     pub fn data_source(&self) -> Option<&Real> {
-        self.data.as_ref().or_else(|| self.real())
+        self.data().or_else(|| self.real())
     }
 
     /// The upper object holds the data too (not a metacopy).
     pub fn data_on_upper(&self) -> bool {
-        self.upper.is_some() && self.data.is_none()
+        self.upper.is_some() && self.data().is_none()
     }
 
     /// The override of the object the union shows.
     pub fn shown_ovr(&self) -> Option<StatOverride> {
         if self.upper.is_some() {
-            self.upper_ovr
+            self.upper_ovr()
         } else {
-            self.lower_ovr
+            self.lower_ovr()
         }
     }
 
@@ -238,13 +364,19 @@ pub(crate) struct Node {
     pub state: RwLock<NodeState>,
     /// Serializes copy-up and link-count bookkeeping of this object.
     pub op_lock: Mutex<()>,
-    /// Directories: the lookup cache of their entries.
-    pub children: RwLock<HashMap<OsString, Child>>,
-    /// Directories: their lower entries, read once.
-    pub listing: OnceLock<Arc<LowerListing>>,
-    /// Directories: bumped on every change of an entry, so that a lookup
-    /// that raced with a change does not cache what it found.
-    pub dir_version: AtomicU64,
+    /// What only a directory has (most nodes are files: boxed apart).
+    dir: Option<Box<DirPart>>,
+}
+
+#[derive(Debug, Default)]
+struct DirPart {
+    /// The lookup cache of its entries; names shared with their nodes.
+    children: RwLock<HashMap<Arc<OsStr>, Child>>,
+    /// Its lower entries, read once.
+    listing: OnceLock<Arc<LowerListing>>,
+    /// Bumped on every change of an entry, so that a lookup that raced
+    /// with a change does not cache what it found.
+    version: AtomicU64,
 }
 
 impl Node {
@@ -256,9 +388,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             state: RwLock::new(state),
             op_lock: Mutex::new(()),
-            children: RwLock::new(HashMap::new()),
-            listing: OnceLock::new(),
-            dir_version: AtomicU64::new(0),
+            dir: (kind == libc::S_IFDIR).then(Box::default),
         }
     }
 
@@ -267,16 +397,60 @@ impl Node {
     }
 
     pub fn forget_child(&self, name: &OsStr) {
-        self.children.write().remove(name);
+        if let Some(d) = &self.dir {
+            d.children.write().remove(name);
+        }
     }
 
+    /// Caches `child` as what `name` leads to.
     pub fn set_child(&self, name: &OsStr, child: &Arc<Node>) {
-        self.children
-            .write()
-            .insert(name.to_os_string(), Child::Positive(Arc::downgrade(child)));
+        self.cache_child(name, Child::Positive(Arc::downgrade(child)), Some(child));
+    }
+
+    /// Caches what `name` leads to, unless an entry changed since
+    /// [`Node::version`] was `version`.
+    pub fn cache_child_since(&self, version: u64, name: &OsStr, child: Option<&Arc<Node>>) {
+        if self.version() != version {
+            return;
+        }
+        let c = match child {
+            Some(n) => Child::Positive(Arc::downgrade(n)),
+            None => Child::Negative,
+        };
+        self.cache_child(name, c, child);
+    }
+
+    fn cache_child(&self, name: &OsStr, c: Child, node: Option<&Arc<Node>>) {
+        let Some(d) = &self.dir else {
+            return;
+        };
+        // The node's own name is the key when it is this one: no copy.
+        let key = node
+            .map(|n| n.state.read().name.clone())
+            .filter(|k| **k == *name)
+            .unwrap_or_else(|| Arc::from(name));
+        d.children.write().insert(key, c);
+    }
+
+    /// What the lookup cache says `name` leads to.
+    pub fn cached_child(&self, name: &OsStr) -> Option<Child> {
+        self.dir.as_ref()?.children.read().get(name).cloned()
     }
 
     pub fn bump_version(&self) {
-        self.dir_version.fetch_add(1, Ordering::AcqRel);
+        if let Some(d) = &self.dir {
+            d.version.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.dir
+            .as_ref()
+            .map_or(0, |d| d.version.load(Ordering::Acquire))
+    }
+
+    /// The cell of a directory's lower listing.
+    pub fn listing_cell(&self) -> Option<&OnceLock<Arc<LowerListing>>> {
+        self.dir.as_ref().map(|d| &d.listing)
     }
 }

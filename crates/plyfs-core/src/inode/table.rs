@@ -233,28 +233,22 @@ impl Overlay {
     ) -> Result<Arc<Node>> {
         let ino = self.ino_of(&found)?;
         let kind = found.kind;
-        let name: Arc<OsStr> = Arc::from(name);
+        // The name the object has in its layer is usually this one: share
+        // the allocation.
+        let name: Arc<OsStr> = [found.upper.as_ref(), found.lowers.first()]
+            .into_iter()
+            .flatten()
+            .find_map(|r| match r {
+                Real::At { name: n, .. } if **n == *name => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| Arc::from(name));
         let make = |generation| {
             Node::new(
                 ino,
                 generation,
                 kind,
-                NodeState {
-                    parent,
-                    name: name.clone(),
-                    upper: found.upper.clone(),
-                    lowers: found.lowers.clone().into(),
-                    lower_stat: found.lower_stat,
-                    redirect: found.redirect.clone(),
-                    impure: found.impure,
-                    opaque: found.opaque,
-                    indexed: found.indexed,
-                    nlink: found.nlink,
-                    unlinked: false,
-                    upper_ovr: found.upper_ovr,
-                    lower_ovr: found.lower_ovr,
-                    data: found.data.clone(),
-                },
+                NodeState::from_found(parent, name.clone(), &found),
             )
         };
         let node = if count {

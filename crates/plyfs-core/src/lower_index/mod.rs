@@ -8,10 +8,10 @@
 //! change to its entries moves both times), and the whole file only for
 //! the very same lower layers: it is rebuilt rather than trusted.
 
-use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+mod listing;
+
 use std::os::fd::BorrowedFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,12 +20,14 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+pub(crate) use listing::{EntryKind, LowerListing};
+
 use crate::error::{Errno, Result};
 use crate::markers::{self, Kind};
 use crate::sys::fs;
 
 /// Bumped whenever the format or its meaning changes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// The file's name in the work directory.
 pub const FILE_NAME: &str = "plyfs-lower.index";
 
@@ -34,7 +36,8 @@ pub const FILE_NAME: &str = "plyfs-lower.index";
 const KIND_WHITEOUT: u8 = 0xff;
 const KIND_XWHITEOUT: u8 = 0xfe;
 
-/// One lower directory's entries.
+/// One lower directory's entries, compactly: a cached tree holds one
+/// record per lower directory, and every name of it once.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct DirRecord {
     layer: u16,
@@ -44,12 +47,25 @@ struct DirRecord {
     ctime: (i64, i64),
     /// The directory holds the OCI opaque marker.
     oci_opaque: bool,
-    /// OCI whiteouts appear under the name they hide.
-    entries: Vec<RecEntry>,
+    /// Every name, one after the other.
+    names: Vec<u8>,
+    /// (end of the name in `names`, d_type or KIND_WHITEOUT /
+    /// KIND_XWHITEOUT, d_ino); OCI whiteouts appear under the name they
+    /// hide.
+    entries: Vec<(u32, u8, u64)>,
 }
 
-/// (name, d_type or KIND_WHITEOUT/KIND_XWHITEOUT, d_ino).
-type RecEntry = (Vec<u8>, u8, u64);
+impl DirRecord {
+    /// The name of entry `i`.
+    fn name(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            Some(p) => self.entries.get(p).map_or(0, |e| e.0 as usize),
+            None => 0,
+        };
+        let end = self.entries.get(i).map_or(start, |e| e.0 as usize);
+        self.names.get(start..end).unwrap_or_default()
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct IndexFile {
@@ -166,18 +182,19 @@ impl LowerIndex {
             return Ok(r.clone());
         }
         let read = markers::read_layer_dir(dir, xwhiteouts, false)?;
-        let entries = read
-            .entries
-            .into_iter()
-            .map(|(name, kind, ino)| {
-                let kind = match kind {
-                    Kind::Whiteout => KIND_WHITEOUT,
-                    Kind::XWhiteout => KIND_XWHITEOUT,
-                    Kind::Object(t) => t,
-                };
-                (name.into_vec(), kind, ino)
-            })
-            .collect();
+        let mut names = Vec::new();
+        let mut entries = Vec::with_capacity(read.entries.len());
+        for (name, kind, ino) in read.entries {
+            let kind = match kind {
+                Kind::Whiteout => KIND_WHITEOUT,
+                Kind::XWhiteout => KIND_XWHITEOUT,
+                Kind::Object(t) => t,
+            };
+            names.extend_from_slice(name.as_bytes());
+            let end = u32::try_from(names.len()).map_err(|_| Errno::EOVERFLOW)?;
+            entries.push((end, kind, ino));
+        }
+        names.shrink_to_fit();
         let rec = Arc::new(DirRecord {
             layer,
             dev: st.st_dev,
@@ -185,6 +202,7 @@ impl LowerIndex {
             mtime,
             ctime,
             oci_opaque: read.oci_opaque,
+            names,
             entries,
         });
         // Whether an empty file is an xattr whiteout does not show in its
@@ -198,110 +216,5 @@ impl LowerIndex {
 
     pub fn len(&self) -> usize {
         self.dirs.len()
-    }
-}
-
-/// What a name is in one lower directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum EntryKind {
-    Whiteout,
-    Dir,
-    /// Anything else, with its `d_type`.
-    Other(u8),
-}
-
-/// A name found in one layer of a directory's lower stack.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Hit {
-    /// Position in the directory's lower stack (0 = top-most lower).
-    pub pos: usize,
-    pub kind: EntryKind,
-    /// The real inode number (`d_ino`) in that layer.
-    pub ino: u64,
-}
-
-/// Every name in a directory's lower layers, each with the layers that have
-/// it, top-most first. One hash probe answers "which layers have NAME".
-#[derive(Debug, Default)]
-pub(crate) struct LowerListing {
-    names: HashMap<OsString, Vec<Hit>>,
-    /// Some lower directory holds an xattr whiteout. The kernel hides it
-    /// from readdir but counts it in the emptiness check of rmdir and of
-    /// rename over a directory, which fail with ENOTEMPTY.
-    xwhiteouts: bool,
-}
-
-impl LowerListing {
-    /// The first layer at or below stack position `from` that has `name`.
-    pub fn first_hit(&self, name: &OsStr, from: usize) -> Option<Hit> {
-        self.names
-            .get(name)?
-            .iter()
-            .find(|h| h.pos >= from)
-            .copied()
-    }
-
-    /// Whether stack position `pos` holds a whiteout of `name` (beside a
-    /// real entry of that name, in an OCI layer that re-creates it).
-    pub fn whiteout_at(&self, name: &OsStr, pos: usize) -> bool {
-        self.names.get(name).is_some_and(|hits| {
-            hits.iter()
-                .any(|h| h.pos == pos && h.kind == EntryKind::Whiteout)
-        })
-    }
-
-    /// Names visible from the lowers and what they resolve to.
-    pub fn visible(&self) -> impl Iterator<Item = (&OsStr, Hit)> {
-        self.names.iter().filter_map(|(n, hits)| {
-            let h = *hits.first()?;
-            (h.kind != EntryKind::Whiteout).then_some((n.as_os_str(), h))
-        })
-    }
-
-    pub fn has_xwhiteouts(&self) -> bool {
-        self.xwhiteouts
-    }
-
-    /// Merges the lower directories of a union directory, top-most first,
-    /// down to the first one marked opaque in the OCI format. Each is
-    /// given as (layer, directory, marked as holding xattr whiteouts).
-    pub fn build<'a>(
-        lowers: impl Iterator<Item = (u16, BorrowedFd<'a>, bool)>,
-        index: &LowerIndex,
-    ) -> Result<LowerListing> {
-        let mut names: HashMap<OsString, Vec<Hit>> = HashMap::new();
-        let mut xwhiteouts = false;
-        for (pos, (layer, dir, marked)) in lowers.enumerate() {
-            let rec = index.dir(layer, dir, marked)?;
-            for (name, kind, ino) in &rec.entries {
-                let kind = match *kind {
-                    KIND_WHITEOUT => EntryKind::Whiteout,
-                    KIND_XWHITEOUT => {
-                        xwhiteouts = true;
-                        EntryKind::Whiteout
-                    }
-                    libc::DT_DIR => EntryKind::Dir,
-                    t => EntryKind::Other(t),
-                };
-                let hit = Hit {
-                    pos,
-                    kind,
-                    ino: *ino,
-                };
-                let hits = names.entry(OsString::from_vec(name.clone())).or_default();
-                // Within one layer a real entry comes before its whiteout
-                // (an OCI layer may re-create what it deletes below).
-                match hits.last() {
-                    Some(last) if last.pos == pos && kind != EntryKind::Whiteout => {
-                        hits.insert(hits.len() - 1, hit)
-                    }
-                    _ => hits.push(hit),
-                }
-            }
-            if rec.oci_opaque {
-                break;
-            }
-        }
-        Ok(LowerListing { names, xwhiteouts })
     }
 }

@@ -1,0 +1,211 @@
+//! The merged listing of a union directory's lowers: every name with the
+//! layers that have it, top-most first, so that one hash probe answers
+//! "which layers have NAME" however deep the stack is.
+//!
+//! A cached tree holds one listing per directory and so one slot per lower
+//! name: the names themselves stay in the layers' records (shared with the
+//! lower index), and a name found in one layer only — nearly all of them —
+//! keeps its one hit inline.
+
+use std::ffi::OsStr;
+use std::hash::BuildHasher;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::{DirRecord, KIND_WHITEOUT, KIND_XWHITEOUT, LowerIndex};
+use crate::error::Result;
+
+/// What a name is in one lower directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Whiteout,
+    Dir,
+    /// Anything else, with its `d_type`.
+    Other(u8),
+}
+
+/// A name found in one layer of a directory's lower stack.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hit {
+    /// Position in the directory's lower stack (0 = top-most lower).
+    pub pos: usize,
+    pub kind: EntryKind,
+    /// The real inode number (`d_ino`) in that layer.
+    pub ino: u64,
+}
+
+/// A hit as kept: the stack position fits in 16 bits (a layer index does).
+#[derive(Clone, Copy, Debug)]
+struct Kept {
+    pos: u16,
+    kind: EntryKind,
+    ino: u64,
+}
+
+impl Kept {
+    fn hit(self) -> Hit {
+        Hit {
+            pos: usize::from(self.pos),
+            kind: self.kind,
+            ino: self.ino,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Hits {
+    One(Kept),
+    Many(Box<[Kept]>),
+}
+
+impl Hits {
+    fn as_slice(&self) -> &[Kept] {
+        match self {
+            Hits::One(h) => std::slice::from_ref(h),
+            Hits::Many(v) => v,
+        }
+    }
+}
+
+/// One name: where it is spelled (entry `idx` of the record at stack
+/// position `pos`) and its hits.
+#[derive(Debug)]
+struct Slot {
+    pos: u16,
+    idx: u32,
+    hits: Hits,
+}
+
+/// Every name in a directory's lower layers, each with the layers that have
+/// it, top-most first.
+#[derive(Debug, Default)]
+pub(crate) struct LowerListing {
+    /// The layers' records, by stack position.
+    records: Vec<Arc<DirRecord>>,
+    table: HashTable<Slot>,
+    hasher: DefaultHashBuilder,
+    /// Some lower directory holds an xattr whiteout. The kernel hides it
+    /// from readdir but counts it in the emptiness check of rmdir and of
+    /// rename over a directory, which fail with ENOTEMPTY.
+    xwhiteouts: bool,
+}
+
+impl LowerListing {
+    fn name_of<'a>(records: &'a [Arc<DirRecord>], slot: &Slot) -> &'a [u8] {
+        records
+            .get(usize::from(slot.pos))
+            .map_or(&[][..], |r| r.name(slot.idx as usize))
+    }
+
+    fn hits(&self, name: &OsStr) -> &[Kept] {
+        let name = name.as_bytes();
+        let hash = self.hasher.hash_one(name);
+        self.table
+            .find(hash, |s| Self::name_of(&self.records, s) == name)
+            .map_or(&[][..], |s| s.hits.as_slice())
+    }
+
+    /// The first layer at or below stack position `from` that has `name`.
+    pub fn first_hit(&self, name: &OsStr, from: usize) -> Option<Hit> {
+        self.hits(name)
+            .iter()
+            .find(|h| usize::from(h.pos) >= from)
+            .map(|h| h.hit())
+    }
+
+    /// Whether stack position `pos` holds a whiteout of `name` (beside a
+    /// real entry of that name, in an OCI layer that re-creates it).
+    pub fn whiteout_at(&self, name: &OsStr, pos: usize) -> bool {
+        self.hits(name)
+            .iter()
+            .any(|h| usize::from(h.pos) == pos && h.kind == EntryKind::Whiteout)
+    }
+
+    /// Names visible from the lowers and what they resolve to.
+    pub fn visible(&self) -> impl Iterator<Item = (&OsStr, Hit)> {
+        self.table.iter().filter_map(|s| {
+            let h = *s.hits.as_slice().first()?;
+            (h.kind != EntryKind::Whiteout)
+                .then(|| (OsStr::from_bytes(Self::name_of(&self.records, s)), h.hit()))
+        })
+    }
+
+    pub fn has_xwhiteouts(&self) -> bool {
+        self.xwhiteouts
+    }
+
+    /// Merges the lower directories of a union directory, top-most first,
+    /// down to the first one marked opaque in the OCI format. Each is
+    /// given as (layer, directory, marked as holding xattr whiteouts).
+    pub fn build<'a>(
+        lowers: impl Iterator<Item = (u16, BorrowedFd<'a>, bool)>,
+        index: &LowerIndex,
+    ) -> Result<LowerListing> {
+        let hasher = DefaultHashBuilder::default();
+        let mut records: Vec<Arc<DirRecord>> = Vec::new();
+        let mut table: HashTable<Slot> = HashTable::new();
+        let mut xwhiteouts = false;
+        for (pos, (layer, dir, marked)) in lowers.enumerate() {
+            let rec = index.dir(layer, dir, marked)?;
+            let pos16 = u16::try_from(pos).unwrap_or(u16::MAX);
+            records.push(rec.clone());
+            for (i, &(_, kind, ino)) in rec.entries.iter().enumerate() {
+                let kind = match kind {
+                    KIND_WHITEOUT => EntryKind::Whiteout,
+                    KIND_XWHITEOUT => {
+                        xwhiteouts = true;
+                        EntryKind::Whiteout
+                    }
+                    libc::DT_DIR => EntryKind::Dir,
+                    t => EntryKind::Other(t),
+                };
+                let hit = Kept {
+                    pos: pos16,
+                    kind,
+                    ino,
+                };
+                let name = rec.name(i);
+                let hash = hasher.hash_one(name);
+                let found = table.find_mut(hash, |s| Self::name_of(&records, s) == name);
+                match found {
+                    Some(slot) => {
+                        let mut hits = slot.hits.as_slice().to_vec();
+                        // Within one layer a real entry comes before its
+                        // whiteout (an OCI layer may re-create what it
+                        // deletes below).
+                        match hits.last() {
+                            Some(last) if last.pos == pos16 && kind != EntryKind::Whiteout => {
+                                hits.insert(hits.len() - 1, hit)
+                            }
+                            _ => hits.push(hit),
+                        }
+                        slot.hits = Hits::Many(hits.into_boxed_slice());
+                    }
+                    None => {
+                        let slot = Slot {
+                            pos: pos16,
+                            idx: i as u32,
+                            hits: Hits::One(hit),
+                        };
+                        table.insert_unique(hash, slot, |s| {
+                            hasher.hash_one(Self::name_of(&records, s))
+                        });
+                    }
+                }
+            }
+            if rec.oci_opaque {
+                break;
+            }
+        }
+        table.shrink_to_fit(|s| hasher.hash_one(Self::name_of(&records, s)));
+        Ok(LowerListing {
+            records,
+            table,
+            hasher,
+            xwhiteouts,
+        })
+    }
+}
