@@ -128,7 +128,27 @@ impl Session {
 
     /// The client's error for this session, classified.
     pub(crate) fn error(&self, e: oci_client::errors::OciDistributionError) -> Error {
-        classify(&self.shown, self.registry(), e)
+        match classify(&self.shown, self.registry(), e) {
+            Error::Unauthorized { reference, .. } => Error::Unauthorized {
+                reference,
+                why: self.refused(),
+            },
+            e => e,
+        }
+    }
+
+    /// Why the registry said no, in terms of the credentials used.
+    fn refused(&self) -> String {
+        match &self.auth {
+            RegistryAuth::Anonymous => format!(
+                "{} wants credentials and none were found (--creds, --authfile, plyfs image login, podman's or docker's auth file)",
+                self.registry()
+            ),
+            RegistryAuth::Basic(user, _) => {
+                format!("{} refused the credentials of {user}", self.registry())
+            }
+            RegistryAuth::Bearer(_) => format!("{} refused the token", self.registry()),
+        }
     }
 
     /// The same repository at `digest` (a manifest an index names).
