@@ -19,10 +19,13 @@ use std::path::Path;
 use std::process::Command;
 
 use common::images::*;
-use common::oci::{Comp, ImageSpec, LayerTar};
+use common::oci::{Comp, ImageSpec, LayerTar, multi_arch_layout};
 use common::podman::{Mode, MountProgram, PodmanStore};
-use common::registry::{PASSWORD, Registry, USER};
-use common::users::{TAR_CREATE, ci_user, require_tools, run, run_ok, tar_snapshot};
+use common::registry::{
+    PASSWORD, Registry, USER, blob_digest, committed_digest, plyfs_fails, plyfs_run,
+    podman_pull_tree, store_state,
+};
+use common::users::{TAR_CREATE, ci_user, require_tools, run_ok, tar_snapshot};
 use common::*;
 
 const PLYFS_REGISTRY: &str = env!("CARGO_BIN_EXE_plyfs-registry");
@@ -41,94 +44,6 @@ const TOOLS: &[&str] = &[
 
 fn ready() -> bool {
     require_mount_privileges() && require_tools(TOOLS)
-}
-
-/// `plyfs ARGS --store STORE` with `env`; (exit code, stdout, stderr).
-fn plyfs_env(store: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> (i32, String, String) {
-    let mut c = Command::new(PLYFS);
-    c.args(args).arg("--store").arg(store);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = run(&mut c);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `plyfs ARGS --store STORE`, which must succeed: (stdout, stderr).
-fn plyfs_run(store: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> (String, String) {
-    let (code, out, err) = plyfs_env(store, args, env);
-    assert_eq!(code, 0, "plyfs {args:?} failed:\n{out}\n{err}");
-    (out, err)
-}
-
-/// A failure: exit code 1 and one line on stderr holding `words`.
-fn plyfs_fails(store: &Path, args: &[&str], env: &[(&str, &OsStr)], words: &str) -> String {
-    let (code, out, err) = plyfs_env(store, args, env);
-    assert_eq!(code, 1, "plyfs {args:?} should fail:\n{out}\n{err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "plyfs {args:?}: one line, not:\n{err}");
-    assert!(
-        lines[0].starts_with("plyfs: ") && lines[0].contains(words),
-        "plyfs {args:?}: expected {words:?} in:\n{err}"
-    );
-    err
-}
-
-/// The digest of the blob `data` would be, and its layer's diff-id.
-fn blob_digest(data: &[u8]) -> String {
-    plyfs_image::Digest::of(data).to_string()
-}
-
-/// Every file of a store (path, size) and its images.json: what a failed
-/// command must leave as it was.
-fn store_state(store: &Path) -> (Vec<(String, u64)>, String) {
-    let mut v = Vec::new();
-    fn walk(root: &Path, dir: &Path, v: &mut Vec<(String, u64)>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            if rel == "lock" {
-                continue;
-            }
-            if md.is_dir() {
-                walk(root, &p, v);
-            }
-            v.push((rel, if md.is_file() { md.len() } else { 0 }));
-        }
-    }
-    walk(store, store, &mut v);
-    v.sort();
-    let images = std::fs::read_to_string(store.join("images.json")).unwrap_or_default();
-    (v, images)
-}
-
-/// `podman pull` of `image` (with `creds`) and the rootfs it mounts.
-fn podman_pull_tree(p: &PodmanStore, image: &str, creds: Option<&str>, dest: &Path) -> Tree {
-    let mut args = vec!["pull", "-q", "--tls-verify=false"];
-    if let Some(c) = creds {
-        args.extend(["--creds", c]);
-    }
-    args.push(image);
-    p.podman_ok(&args);
-    let ctr = p.podman_ok(&["create", image, "/bin/true"]);
-    let mp = p.mount(&ctr);
-    let t = p.snapshot(&mp, dest);
-    p.unmount(&ctr);
-    t
-}
-
-/// The layer digest `commit` printed.
-fn committed_digest(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("digest  "))
-        .unwrap_or_else(|| panic!("no digest in:\n{out}"))
-        .trim()
-        .to_string()
 }
 
 /// pull → mount (equal to podman's view of the same image from the same
@@ -217,6 +132,49 @@ fn round_trip(s: &Scratch, reg: &Registry, env: &[(&str, &OsStr)]) {
     );
 }
 
+/// A multi-platform image: this machine's platform by default, another
+/// with --platform, one the index lacks refused in one line.
+fn multi_arch(s: &Scratch, reg: &Registry) {
+    let layout = s.path("multi");
+    multi_arch_layout(&layout);
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--all", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:multi", layout.display()))
+            .arg(format!("docker://{}", reg.image("plyfs-test/multi:1"))),
+        "skopeo copy --all",
+    );
+    let multi = reg.image("plyfs-test/multi:1");
+    let arch_of = |store: &str, platform: Option<&str>| {
+        let store = s.path(store);
+        let mut args = vec!["image", "pull", "-q"];
+        if let Some(p) = platform {
+            args.extend(["--platform", p]);
+        }
+        args.push(&multi);
+        plyfs_run(&store, &args, &[]);
+        let mp = s.path(&format!("mnt-{}", store.display()).replace('/', "-"));
+        let _m = mount_image(&store, &multi, None, &mp);
+        std::fs::read_to_string(mp.join("etc/arch")).unwrap()
+    };
+    let native = match std::env::consts::ARCH {
+        "x86_64" => Some("amd64"),
+        "aarch64" => Some("arm64"),
+        _ => None,
+    };
+    if let Some(native) = native {
+        assert_eq!(arch_of("store-native", None), native);
+    }
+    assert_eq!(arch_of("store-arm64", Some("linux/arm64")), "arm64");
+    assert_eq!(arch_of("store-amd64", Some("linux/amd64")), "amd64");
+    plyfs_fails(
+        &s.path("store-s390x"),
+        &["image", "pull", "-q", "--platform", "linux/s390x", &multi],
+        &[],
+        "no image for platform linux/s390x (the index has linux/amd64, linux/arm64)",
+    );
+}
+
 /// A second image sharing A's base layer, with a top layer of its own.
 fn image_b_of(base: Vec<u8>) -> ImageSpec {
     let mut t = LayerTar::new();
@@ -241,6 +199,7 @@ fn anonymous_registry_pull_mount_commit_push() {
     reg.seed(&a, "plyfs-test/a:1");
     reg.seed(&b, "plyfs-test/b:1");
     round_trip(&s, &reg, &[]);
+    multi_arch(&s, &reg);
 
     // B shares A's base: the store has it, so it is not fetched again.
     // B's own layer was cut off half-way: the pull resumes it.

@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::users::run_ok;
+use std::ffi::OsStr;
+
+use super::cli::PLYFS;
+use super::podman::PodmanStore;
+use super::tree::Tree;
+use super::users::{run, run_ok};
 
 pub const USER: &str = "plyfs";
 pub const PASSWORD: &str = "s3cret-pw";
@@ -188,4 +193,92 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `plyfs ARGS --store STORE` with `env`; (exit code, stdout, stderr).
+pub fn plyfs_env(store: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> (i32, String, String) {
+    let mut c = Command::new(PLYFS);
+    c.args(args).arg("--store").arg(store);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = run(&mut c);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `plyfs ARGS --store STORE`, which must succeed: (stdout, stderr).
+pub fn plyfs_run(store: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> (String, String) {
+    let (code, out, err) = plyfs_env(store, args, env);
+    assert_eq!(code, 0, "plyfs {args:?} failed:\n{out}\n{err}");
+    (out, err)
+}
+
+/// A failure: exit code 1 and one line on stderr holding `words`.
+pub fn plyfs_fails(store: &Path, args: &[&str], env: &[(&str, &OsStr)], words: &str) -> String {
+    let (code, out, err) = plyfs_env(store, args, env);
+    assert_eq!(code, 1, "plyfs {args:?} should fail:\n{out}\n{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "plyfs {args:?}: one line, not:\n{err}");
+    assert!(
+        lines[0].starts_with("plyfs: ") && lines[0].contains(words),
+        "plyfs {args:?}: expected {words:?} in:\n{err}"
+    );
+    err
+}
+
+/// The digest of the blob `data` would be, and its layer's diff-id.
+pub fn blob_digest(data: &[u8]) -> String {
+    plyfs_image::Digest::of(data).to_string()
+}
+
+/// Every file of a store (path, size) and its images.json: what a failed
+/// command must leave as it was.
+pub fn store_state(store: &Path) -> (Vec<(String, u64)>, String) {
+    let mut v = Vec::new();
+    fn walk(root: &Path, dir: &Path, v: &mut Vec<(String, u64)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if rel == "lock" {
+                continue;
+            }
+            if md.is_dir() {
+                walk(root, &p, v);
+            }
+            v.push((rel, if md.is_file() { md.len() } else { 0 }));
+        }
+    }
+    walk(store, store, &mut v);
+    v.sort();
+    let images = std::fs::read_to_string(store.join("images.json")).unwrap_or_default();
+    (v, images)
+}
+
+/// `podman pull` of `image` (with `creds`) and the rootfs it mounts.
+pub fn podman_pull_tree(p: &PodmanStore, image: &str, creds: Option<&str>, dest: &Path) -> Tree {
+    let mut args = vec!["pull", "-q", "--tls-verify=false"];
+    if let Some(c) = creds {
+        args.extend(["--creds", c]);
+    }
+    args.push(image);
+    p.podman_ok(&args);
+    let ctr = p.podman_ok(&["create", image, "/bin/true"]);
+    let mp = p.mount(&ctr);
+    let t = p.snapshot(&mp, dest);
+    p.unmount(&ctr);
+    t
+}
+
+/// The layer digest `commit` printed.
+pub fn committed_digest(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("digest  "))
+        .unwrap_or_else(|| panic!("no digest in:\n{out}"))
+        .trim()
+        .to_string()
 }
