@@ -165,7 +165,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let bars = Bars::new(quiet);
     let note = |line: String| {
         if !quiet {
-            eprintln!("{line}");
+            bars.note(&line);
         }
     };
     match cli.cmd {
