@@ -19,6 +19,7 @@ pub mod ops;
 pub mod podman;
 pub mod random;
 pub mod registry;
+pub mod token;
 pub mod users;
 
 // One use, so one allow covers what a given binary leaves unused.

@@ -50,9 +50,7 @@ impl Registry {
     /// Starts a registry in `dir` (created); with `auth`, htpasswd
     /// (bcrypt, made by `htpasswd -B`) for [`USER`]/[`PASSWORD`].
     pub fn start(dir: &Path, auth: bool) -> Registry {
-        std::fs::create_dir_all(dir.join("storage")).unwrap();
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
+        std::fs::create_dir_all(dir).unwrap();
         let mut auth_conf = String::new();
         if auth {
             let line = run_ok(
@@ -65,6 +63,26 @@ impl Registry {
                 dir.join("htpasswd").display()
             );
         }
+        Self::launch(dir, &auth_conf, auth)
+    }
+
+    /// Starts a registry that wants bearer tokens from `realm`, signed by
+    /// the key of the certificate `cert` (see [`super::token`]).
+    pub fn start_token(dir: &Path, realm: &str, cert: &Path) -> Registry {
+        std::fs::create_dir_all(dir).unwrap();
+        let auth_conf = format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            super::token::SERVICE,
+            super::token::ISSUER,
+            cert.display()
+        );
+        Self::launch(dir, &auth_conf, true)
+    }
+
+    fn launch(dir: &Path, auth_conf: &str, auth: bool) -> Registry {
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: plyfs-test-secret\n{auth_conf}",
             dir.join("storage").display()

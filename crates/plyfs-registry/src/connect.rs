@@ -107,7 +107,7 @@ impl Session {
                     });
                 }
                 Err(e) => {
-                    let e = classify(shown, &registry, e);
+                    let e = in_terms_of(classify(shown, &registry, e), &registry, &creds);
                     if !matches!(e, Error::Unreachable { .. }) {
                         return Err(e);
                     }
@@ -128,33 +128,30 @@ impl Session {
 
     /// The client's error for this session, classified.
     pub(crate) fn error(&self, e: oci_client::errors::OciDistributionError) -> Error {
-        match classify(&self.shown, self.registry(), e) {
-            Error::Unauthorized { reference, .. } => Error::Unauthorized {
-                reference,
-                why: self.refused(),
-            },
-            e => e,
-        }
-    }
-
-    /// Why the registry said no, in terms of the credentials used.
-    fn refused(&self) -> String {
-        match &self.auth {
-            RegistryAuth::Anonymous => format!(
-                "{} wants credentials and none were found (--creds, --authfile, plyfs image login, podman's or docker's auth file)",
-                self.registry()
-            ),
-            RegistryAuth::Basic(user, _) => {
-                format!("{} refused the credentials of {user}", self.registry())
-            }
-            RegistryAuth::Bearer(_) => format!("{} refused the token", self.registry()),
-        }
+        let e = classify(&self.shown, self.registry(), e);
+        in_terms_of(e, self.registry(), &self.auth)
     }
 
     /// The same repository at `digest` (a manifest an index names).
     pub(crate) fn at_digest(&self, digest: &str) -> Reference {
         self.reference.clone_with_digest(digest.to_string())
     }
+}
+
+/// A refusal explained by the credentials that were used (the registry's
+/// own words say little: "authentication required").
+fn in_terms_of(e: Error, registry: &str, auth: &RegistryAuth) -> Error {
+    let Error::Unauthorized { reference, .. } = e else {
+        return e;
+    };
+    let why = match auth {
+        RegistryAuth::Anonymous => format!(
+            "{registry} wants credentials and none were found (--creds, --authfile, plyfs image login, podman's or docker's auth file)"
+        ),
+        RegistryAuth::Basic(user, _) => format!("{registry} refused the credentials of {user}"),
+        RegistryAuth::Bearer(_) => format!("{registry} refused the token"),
+    };
+    Error::Unauthorized { reference, why }
 }
 
 /// `login REGISTRY`: checks `user`/`password` with the registry (a
