@@ -139,7 +139,9 @@ fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // Only this crate's warnings: the TLS stack logs each
+                // failure it also returns, and errors are one line.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("plyfs_registry=warn")),
         )
         .with_writer(std::io::stderr)
         .try_init();

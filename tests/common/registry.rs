@@ -79,12 +79,43 @@ impl Registry {
         Self::launch(dir, &auth_conf, true)
     }
 
-    fn launch(dir: &Path, auth_conf: &str, auth: bool) -> Registry {
+    /// Starts a registry that speaks only TLS, with a self-signed
+    /// certificate for 127.0.0.1 (made by `openssl`), and no accounts.
+    pub fn start_tls(dir: &Path) -> Registry {
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+            "openssl req -x509",
+        );
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        );
+        Self::launch(dir, &tls, false)
+    }
+
+    /// `extra`: YAML appended to the configuration (under `http:` first).
+    fn launch(dir: &Path, extra: &str, auth: bool) -> Registry {
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: plyfs-test-secret\n{auth_conf}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: plyfs-test-secret\n{extra}",
             dir.join("storage").display()
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();

@@ -108,6 +108,18 @@ impl Session {
                 }
                 Err(e) => {
                     let e = in_terms_of(classify(shown, &registry, e), &registry, &creds);
+                    // A registry that speaks TLS with a certificate we do not
+                    // trust must not be retried in plain http.
+                    if let Error::Unreachable { why, .. } = &e
+                        && verify
+                        && why.contains("certificate")
+                    {
+                        let at = why.find("invalid peer certificate").unwrap_or(0);
+                        return Err(Error::Certificate {
+                            registry,
+                            why: why[at..].to_string(),
+                        });
+                    }
                     if !matches!(e, Error::Unreachable { .. }) {
                         return Err(e);
                     }

@@ -7,6 +7,10 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 pub enum Error {
     #[error("registry {registry} is unreachable: {why}")]
     Unreachable { registry: String, why: String },
+    #[error(
+        "registry {registry}: its TLS certificate is not trusted ({why}); --tls-verify=false accepts it"
+    )]
+    Certificate { registry: String, why: String },
     #[error("{reference}: unauthorized: {why}")]
     Unauthorized { reference: String, why: String },
     #[error("{reference}: manifest unknown: no such tag or digest in the registry")]

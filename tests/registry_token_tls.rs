@@ -3,7 +3,9 @@
 //! token from the realm the registry names, with the user's credentials,
 //! then pulls, mounts, commits and pushes; the pushed image pulls back
 //! with the same digests. Refused or missing credentials: one line, the
-//! store as it was.
+//! store as it was. And a registry that speaks TLS with a certificate
+//! nobody trusts: refused (never retried in plain http) until
+//! `--tls-verify=false`.
 //!
 //! Needs root, docker-registry, skopeo, openssl and fuse3; under CI=true
 //! a missing one fails.
@@ -106,5 +108,45 @@ fn bearer_token_registry_pull_commit_push() {
     assert_eq!(
         std::fs::read_to_string(s.path("mnt-elsewhere/etc/motd")).unwrap(),
         "changed\n"
+    );
+}
+
+#[test]
+fn self_signed_tls_registry_needs_tls_verify_false() {
+    if !(require_mount_privileges() && require_tools(&["docker-registry", "skopeo", "openssl"])) {
+        return;
+    }
+    let s = open_scratch();
+    let reg = Registry::start_tls(&s.path("registry"));
+    let a = write_archive(&s, "a.tar", &[image_a()]);
+    reg.seed(&a, "plyfs-test/a:1");
+    let (a1, a2) = (reg.image("plyfs-test/a:1"), reg.image("plyfs-test/copy:1"));
+    let store = s.path("store");
+    std::fs::create_dir_all(&store).unwrap();
+    plyfs_run(&store, &["image", "ls"], &[]);
+    let before = store_state(&store);
+    plyfs_fails(
+        &store,
+        &["image", "pull", "-q", &a1],
+        &[],
+        "TLS certificate is not trusted",
+    );
+    assert!(before == store_state(&store));
+    plyfs_run(
+        &store,
+        &["image", "pull", "-q", "--tls-verify=false", &a1],
+        &[],
+    );
+    plyfs_run(
+        &store,
+        &["image", "push", "-q", "--tls-verify=false", &a1, &a2],
+        &[],
+    );
+    assert_eq!(
+        reg.inspect("plyfs-test/copy:1")["Layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
     );
 }
