@@ -264,6 +264,28 @@ fn anonymous_registry_pull_mount_commit_push() {
         [(206, rest), (206, rest), (200, whole)],
         "resumed, then started over"
     );
+
+    // Two pulls of one image into one store at once: each blob fetched
+    // once (the other waits on its download), both succeed.
+    let shared = s.path("store-shared");
+    let b1 = reg.image("plyfs-test/b:1");
+    let before = reg.blob_gets(&top).len();
+    let spawn = || {
+        Command::new(PLYFS)
+            .args(["image", "pull", "-q", &b1, "--store"])
+            .arg(&shared)
+            .output()
+            .unwrap()
+    };
+    let (o1, o2) = std::thread::scope(|sc| {
+        let h = sc.spawn(spawn);
+        (spawn(), h.join().unwrap())
+    });
+    for o in [&o1, &o2] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(o1.stdout, o2.stdout, "the same image id");
+    assert_eq!(reg.blob_gets(&top).len(), before + 1, "fetched once");
 }
 
 #[test]

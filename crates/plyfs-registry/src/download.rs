@@ -29,26 +29,51 @@ pub(crate) struct Fetched {
 }
 
 fn io(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("{}: {e}", path.display()))
+    Error::Local {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    }
 }
 
-/// Fetches blob `digest` of `size` bytes.
+/// The download file of `path`, locked; `None` when the blob reached the
+/// store meanwhile (another pull fetched it while this one waited).
+fn open_locked(store: &Store, digest: &Digest, path: &std::path::Path) -> Result<Option<File>> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        plyfs_sys::fs::flock(file.as_fd(), Lock::Exclusive, true).map_err(|e| io(path, e))?;
+        if store.has_blob(digest) {
+            return Ok(None);
+        }
+        // The holder before us may have moved its file into the store:
+        // ours must still be the one the name leads to.
+        let ours = file.metadata().map_err(|e| io(path, e))?;
+        match std::fs::metadata(path) {
+            Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => return Ok(Some(file)),
+            _ => continue,
+        }
+    }
+}
+
+/// Fetches blob `digest` of `size` bytes; `None` when another pull put
+/// it in the store meanwhile.
 pub(crate) async fn fetch(
     s: &Session,
     store: &Store,
     digest: &Digest,
     size: u64,
     step: Box<dyn Step>,
-) -> Result<Fetched> {
+) -> Result<Option<Fetched>> {
     let path = store.download_path(digest);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io(&path, e))?;
-    plyfs_sys::fs::flock(file.as_fd(), Lock::Exclusive, true).map_err(|e| io(&path, e))?;
+    let Some(mut file) = open_locked(store, digest, &path)? else {
+        return Ok(None);
+    };
     let mut fresh_start = false;
     loop {
         match attempt(s, &mut file, &path, digest, size, &*step, fresh_start).await {
@@ -69,11 +94,11 @@ pub(crate) async fn fetch(
             Err(Attempt::Failed(e)) => return Err(e),
         }
     }
-    Ok(Fetched {
+    Ok(Some(Fetched {
         digest: digest.clone(),
         path,
         _file: file,
-    })
+    }))
 }
 
 enum Attempt {

@@ -35,6 +35,8 @@ pub enum Error {
     Registry { reference: String, what: String },
     #[error("{0}")]
     Usage(String),
+    #[error("{path}: {why}")]
+    Local { path: String, why: String },
     #[error("auth file {path}: {what}")]
     AuthFile { path: String, what: String },
     #[error(transparent)]

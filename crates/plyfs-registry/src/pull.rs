@@ -211,7 +211,7 @@ async fn fetch(
         }
     }
     let s = &s;
-    let blobs: Vec<Fetched> = stream::iter(todo)
+    let blobs: Vec<Option<Fetched>> = stream::iter(todo)
         .map(|(d, size)| {
             let step = progress.step(&format!("blob {}", d.short()), Some(size), true);
             async move { download::fetch(s, store, &d, size, step).await }
@@ -219,6 +219,7 @@ async fn fetch(
         .buffer_unordered(opts.jobs.max(1))
         .try_collect()
         .await?;
+    let blobs: Vec<Fetched> = blobs.into_iter().flatten().collect();
     Ok(Fetch {
         name: s.reference.whole(),
         manifest,
