@@ -66,7 +66,7 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. plyfs man > plyfs.1
     Man,
-    /// Container images: import, list, remove, save; their layers.
+    /// Container images: import, list, remove, save, pull, push; their layers.
     Image(image::ImageArgs),
     /// Mount an image of the store, read-only or over an upper directory.
     Mount(image::MountArgs),
