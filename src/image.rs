@@ -2,6 +2,7 @@
 //! --image`, `commit`, `diff`. They parse, call plyfs-image (or mount
 //! through the ordinary mount path) and report.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -77,9 +78,51 @@ enum ImageCmd {
     Lowerdir { name: String },
     /// Write an image as an OCI archive (podman load and docker load take it).
     Save { name: String, archive: PathBuf },
+    /// Pull an image from a registry: REF [--platform OS/ARCH] [--tls-verify=false]
+    /// [--creds USER:PASS] [--authfile FILE] (plyfs image pull --help).
+    #[command(disable_help_flag = true)]
+    Pull {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Push an image of the store to a registry: NAME [REF] [--tls-verify=false]
+    /// [--creds USER:PASS] [--authfile FILE] (plyfs image push --help).
+    #[command(disable_help_flag = true)]
+    Push {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Check credentials with a registry and keep them in podman's auth file:
+    /// REGISTRY -u USER --password-stdin (plyfs image login --help).
+    #[command(disable_help_flag = true)]
+    Login {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
 }
 
 pub fn image(a: ImageArgs) -> Result<()> {
+    let remote = match &a.cmd {
+        ImageCmd::Pull { args } => Some(("pull", args)),
+        ImageCmd::Push { args } => Some(("push", args)),
+        ImageCmd::Login { args } => Some(("login", args)),
+        _ => None,
+    };
+    if let Some((verb, args)) = remote {
+        return crate::registry::exec(verb, a.store.store.as_deref(), a.store.quiet, args);
+    }
     let store = a.store.open()?;
     let bars = Bars::new(a.store.quiet);
     match a.cmd {
@@ -176,6 +219,8 @@ pub fn image(a: ImageArgs) -> Result<()> {
             let (img, _) = find(&store, &name)?;
             plyfs_image::save::save(&store, &img, &archive, &bars).map_err(fail)
         }
+        // Sent to plyfs-registry before the store was opened.
+        ImageCmd::Pull { .. } | ImageCmd::Push { .. } | ImageCmd::Login { .. } => Ok(()),
     }
 }
 

@@ -8,6 +8,7 @@ mod demo;
 mod image;
 mod options;
 mod progress;
+mod registry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ use tracing_subscriber::EnvFilter;
     disable_version_flag = true,
     override_usage = "plyfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W][,OPTS] MOUNTPOINT\n       \
                       plyfs [SOURCE] MOUNTPOINT -o OPTS   (mount.fuse3's form: mount -t fuse.plyfs, fstab)\n       \
-                      plyfs image import|ls|rm|lowerdir|save ...\n       \
+                      plyfs image import|ls|rm|lowerdir|save|pull|push|login ...\n       \
                       plyfs mount --image NAME [--upper DIR] MOUNTPOINT\n       \
                       plyfs commit UPPER [--image NAME --tag NEW] [-o LAYER.tar] [--gzip|--zstd]\n       \
                       plyfs diff UPPER | demo | completions SHELL | man"
@@ -65,7 +66,7 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. plyfs man > plyfs.1
     Man,
-    /// Container images: import, list, remove, save; their layers.
+    /// Container images: import, list, remove, save, pull, push; their layers.
     Image(image::ImageArgs),
     /// Mount an image of the store, read-only or over an upper directory.
     Mount(image::MountArgs),

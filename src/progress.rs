@@ -11,6 +11,20 @@ pub struct Bars {
 }
 
 impl Bars {
+    /// A line of its own, above the bars (printed between them, a line
+    /// would break their drawing).
+    #[allow(dead_code)] // plyfs-registry's; plyfs prints its own lines
+    pub fn note(&self, line: &str) {
+        match &self.multi {
+            Some(m) => {
+                if m.println(line).is_err() {
+                    eprintln!("{line}");
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
     pub fn new(quiet: bool) -> Bars {
         let tty = plyfs_sys::fs::is_terminal(std::io::stderr().as_fd());
         Bars {
@@ -20,17 +34,22 @@ impl Bars {
     }
 }
 
-struct Bar(ProgressBar);
+struct Bar {
+    bar: ProgressBar,
+    multi: MultiProgress,
+}
 
 impl Step for Bar {
     fn inc(&self, n: u64) {
-        self.0.inc(n);
+        self.bar.inc(n);
     }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
+        // Out of the set too: a cleared bar left in it keeps its line.
+        self.multi.remove(&self.bar);
     }
 }
 
@@ -48,12 +67,18 @@ impl Progress for Bars {
             (None, true) => (ProgressBar::no_length(), "{spinner} {msg:24} {bytes}"),
             (None, false) => (ProgressBar::no_length(), "{spinner} {msg:24} {pos} entries"),
         };
+        // Into the set before anything draws it: a bar drawn on its own
+        // first (set_message draws) leaves that line behind the others.
+        let bar = multi.add(bar);
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(what.to_string());
         // Steps shorter than this never draw.
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        Box::new(Bar(multi.add(bar)))
+        Box::new(Bar {
+            bar,
+            multi: multi.clone(),
+        })
     }
 }

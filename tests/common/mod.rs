@@ -13,10 +13,13 @@ mod privileges;
 mod scratch;
 mod tree;
 
+pub mod images;
 pub mod oci;
 pub mod ops;
 pub mod podman;
 pub mod random;
+pub mod registry;
+pub mod token;
 pub mod users;
 
 // One use, so one allow covers what a given binary leaves unused.

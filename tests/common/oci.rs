@@ -248,3 +248,48 @@ impl Layout {
         b.finish().unwrap();
     }
 }
+
+/// An OCI layout (a directory) whose one image is a multi-platform
+/// index: linux/amd64 and linux/arm64, each with a file naming it.
+pub fn multi_arch_layout(dir: &Path) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let d = Digest::of(data).to_string();
+        std::fs::write(blobs.join(&d[7..]), data).unwrap();
+        serde_json::json!({"digest": d, "size": data.len()})
+    };
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let mut t = LayerTar::new();
+        t.dir("etc/", 0o755, 0).file("etc/arch", arch, 0o644, 0);
+        let tar = t.finish();
+        let layer = put(&compress(&tar, Comp::Gzip));
+        let config = put(serde_json::json!({"architecture": arch, "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [Digest::of(&tar).to_string()]}})
+        .to_string()
+        .as_bytes());
+        let manifest = put(serde_json::json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config["digest"], "size": config["size"]},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer["digest"], "size": layer["size"]}]})
+        .to_string()
+        .as_bytes());
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest["digest"], "size": manifest["size"],
+            "platform": {"os": "linux", "architecture": arch}}));
+    }
+    let index = put(serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})
+    .to_string()
+    .as_bytes());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": index["digest"], "size": index["size"],
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}

@@ -3,17 +3,14 @@
 //! layer blob stored and unpacked, the configuration extended (its
 //! diff-ids, a history entry, the creation time), a new manifest.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
-use crate::Compression;
 use crate::commit::Layer;
-use crate::digest::{Digest, HashReader};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::spec::{self, Descriptor, Manifest};
-use crate::store::{ImageRecord, LayerInfo, LayerRef, Store, WhiteoutFormat, normalize_name};
-use crate::unpack::{UnpackOptions, unpack};
+use crate::stage::{Staged, known_layer, unpack_blob};
+use crate::store::{ImageRecord, LayerRef, Store, WhiteoutFormat, normalize_name};
 
 /// Adds image `tag`: `base`'s layers (none without a base) and `layer`,
 /// whose blob is the file `blob` (moved into the store). The caller holds
@@ -32,37 +29,25 @@ pub fn add_committed_image(
         .map_or(WhiteoutFormat::Oci, |i| i.whiteouts);
     let blob_tmp = store.tmp_path("blob");
     std::fs::copy(blob, &blob_tmp).at(&blob_tmp)?;
-    let mut staged = vec![(blob_tmp.clone(), store.blob_path(&layer.digest))];
-    if store.layer_info(&layer.diff_id).is_none() {
-        let tmp = store.tmp_path("layer");
-        let diff = tmp.join("diff");
-        std::fs::create_dir_all(&diff).at(&diff)?;
-        let f = File::open(&blob_tmp).at(&blob_tmp)?;
-        let (_, dec) = Compression::decoder(BufReader::new(f)).at(&blob_tmp)?;
-        let mut r = HashReader::new(dec, None);
-        let opts = UnpackOptions {
-            rootless: store.rootless,
-            whiteouts,
-        };
-        let size = unpack(&mut r, &diff, layer.digest.as_str(), opts)?;
-        r.drain().at(&blob_tmp)?;
-        let (got, _) = r.finish();
-        if got != layer.diff_id {
-            return Err(Error::Blob {
-                digest: layer.digest.to_string(),
-                what: format!("changed while it was stored (diff-id {got})"),
-            });
-        }
-        let info = LayerInfo {
-            diff_id: layer.diff_id.to_string(),
-            whiteouts,
-            rootless: store.rootless,
-            size,
-        };
-        let raw = serde_json::to_vec_pretty(&info).unwrap_or_default();
-        crate::store::write_synced(&tmp.join("layer.json"), &raw)?;
-        staged.push((tmp, store.layer_dir(&layer.diff_id)));
+    let mut staged = Staged::default();
+    let known = known_layer(store, &layer.diff_id, whiteouts)?;
+    let u = unpack_blob(
+        store,
+        &blob_tmp,
+        &layer.diff_id,
+        known,
+        whiteouts,
+        layer.digest.as_str(),
+        &crate::Quiet,
+        &mut staged,
+    )?;
+    if u.digest != layer.digest {
+        return Err(Error::Blob {
+            digest: layer.digest.to_string(),
+            what: format!("changed while it was stored (now {})", u.digest),
+        });
     }
+    staged.add(blob_tmp, store.blob_path(&layer.digest));
 
     let mut config: serde_json::Value = match base {
         Some(b) => {
@@ -109,13 +94,7 @@ pub fn add_committed_image(
     };
     let manifest_raw = serde_json::to_vec(&manifest).map_err(|e| Error::Usage(e.to_string()))?;
     let manifest_digest = Digest::of(&manifest_raw);
-    for (tmp, dst) in staged {
-        if dst.exists() {
-            crate::store::remove_any(&tmp);
-        } else {
-            std::fs::rename(&tmp, &dst).at(&dst)?;
-        }
-    }
+    staged.publish()?;
     store.put_blob(&config_digest, &config_raw)?;
     store.put_blob(&manifest_digest, &manifest_raw)?;
     store.add_image(ImageRecord {

@@ -9,16 +9,16 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 use crate::archive::{PlannedLayer, Source};
 use crate::digest::{Digest, HashReader};
 use crate::error::{Error, IoContext, Result};
 use crate::spec::{self, Descriptor, Manifest};
-use crate::store::{ImageRecord, LayerInfo, LayerRef, Store, WhiteoutFormat};
-use crate::unpack::{UnpackOptions, unpack};
-use crate::{Compression, Progress, StepReader};
+use crate::stage::{Staged, blob_error, known_layer, unpack_blob};
+use crate::store::{ImageRecord, LayerRef, Store, WhiteoutFormat};
+use crate::{Progress, StepReader};
 
 /// What an import added.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub fn import(
     whiteouts: WhiteoutFormat,
     progress: &dyn Progress,
 ) -> Result<Imported> {
-    let mut staged = Vec::new();
+    let mut staged = Staged::default();
     let r = import_staged(store, archive, whiteouts, progress, &mut staged);
     if r.is_err() {
         store.remove_own_tmp();
@@ -50,7 +50,7 @@ fn import_staged(
     archive: &Path,
     whiteouts: WhiteoutFormat,
     progress: &dyn Progress,
-    staged: &mut Vec<(PathBuf, PathBuf)>,
+    staged: &mut Staged,
 ) -> Result<Imported> {
     let src = Source::load(store, archive, progress)?;
     let plans = src.plan()?;
@@ -118,7 +118,7 @@ fn import_staged(
             if !store.has_blob(&digest) {
                 let tmp = store.tmp_path("blob");
                 crate::store::write_synced(&tmp, bytes)?;
-                staged.push((tmp, store.blob_path(&digest)));
+                staged.add(tmp, store.blob_path(&digest));
             }
         }
         let created = serde_json::from_slice::<serde_json::Value>(&plan.config)
@@ -134,13 +134,7 @@ fn import_staged(
             created,
         });
     }
-    for (tmp, dst) in staged.drain(..) {
-        if dst.exists() {
-            crate::store::remove_any(&tmp);
-        } else {
-            std::fs::rename(&tmp, &dst).at(&dst)?;
-        }
-    }
+    staged.publish()?;
     for r in records {
         store.add_image(r)?;
     }
@@ -158,22 +152,11 @@ fn import_layer(
     whiteouts: WhiteoutFormat,
     progress: &dyn Progress,
     what: &str,
-    staged: &mut Vec<(PathBuf, PathBuf)>,
+    staged: &mut Staged,
     done: &mut HashMap<String, ()>,
 ) -> Result<(Descriptor, bool)> {
-    let layer_known = match store.layer_info(&l.diff_id) {
-        Some(info) if info.whiteouts != whiteouts => {
-            return Err(Error::Store {
-                path: store.root().to_path_buf(),
-                what: format!(
-                    "layer {} is stored with {:?} whiteouts; import with that format, or remove the images using it first",
-                    l.diff_id, info.whiteouts
-                ),
-            });
-        }
-        Some(_) => true,
-        None => done.contains_key(l.diff_id.as_str()),
-    };
+    let layer_known =
+        known_layer(store, &l.diff_id, whiteouts)? || done.contains_key(l.diff_id.as_str());
     if layer_known
         && let Some(d) = &l.digest
         && (store.has_blob(d) || done.contains_key(d.as_str()))
@@ -210,7 +193,7 @@ fn import_layer(
             l.size,
         );
         let mut out = std::io::BufWriter::new(File::create(&blob_tmp).at(&blob_tmp)?);
-        std::io::copy(&mut r, &mut out).map_err(|e| blob_error(l, e))?;
+        std::io::copy(&mut r, &mut out).map_err(|e| blob_error(&l.shown(), e))?;
         out.flush().at(&blob_tmp)?;
         r.finish()
     };
@@ -230,63 +213,22 @@ fn import_layer(
             what: format!("digest mismatch: the archive's blob is {blob_digest}"),
         });
     }
-    let layer_tmp = store.tmp_path("layer");
-    let diff = layer_tmp.join("diff");
-    let (compression, diff_got, unpacked) = {
-        let f = File::open(&blob_tmp).at(&blob_tmp)?;
-        let (c, dec) = Compression::decoder(BufReader::with_capacity(1 << 16, f))
-            .map_err(|e| blob_error(l, e))?;
-        let mut diff_r = HashReader::new(dec, None);
-        let mut unpacked = None;
-        if !layer_known {
-            std::fs::create_dir_all(&diff).at(&diff)?;
-            staged.push((layer_tmp.clone(), store.layer_dir(&l.diff_id)));
-            let opts = UnpackOptions {
-                rootless: store.rootless,
-                whiteouts,
-            };
-            unpacked = Some(unpack(&mut diff_r, &diff, &l.shown(), opts)?);
-        }
-        diff_r.drain().map_err(|e| blob_error(l, e))?;
-        (c, diff_r.finish().0, unpacked)
-    };
-    if diff_got != l.diff_id {
-        return Err(Error::Blob {
-            digest: l.shown(),
-            what: format!(
-                "diff-id mismatch: the configuration says {}, the layer is {diff_got}",
-                l.diff_id
-            ),
-        });
-    }
-    if let Some(size) = unpacked {
-        let info = LayerInfo {
-            diff_id: l.diff_id.to_string(),
-            whiteouts,
-            rootless: store.rootless,
-            size,
-        };
-        let raw = serde_json::to_vec_pretty(&info).unwrap_or_default();
-        crate::store::write_synced(&layer_tmp.join("layer.json"), &raw)?;
-    }
+    let u = unpack_blob(
+        store,
+        &blob_tmp,
+        &l.diff_id,
+        layer_known,
+        whiteouts,
+        &l.shown(),
+        &crate::Quiet,
+        staged,
+    )?;
     done.insert(l.diff_id.to_string(), ());
     done.insert(blob_digest.to_string(), ());
-    staged.push((blob_tmp, store.blob_path(&blob_digest)));
+    staged.add(blob_tmp, store.blob_path(&blob_digest));
     let mut desc = l.descriptor(blob_digest, count);
     if l.media_type.is_none() {
-        desc.media_type = spec::layer_media_type(compression).into();
+        desc.media_type = spec::layer_media_type(u.compression).into();
     }
-    Ok((desc, unpacked.is_some()))
-}
-
-fn blob_error(l: &PlannedLayer, e: std::io::Error) -> Error {
-    let what = if e.to_string().contains(crate::digest::OVER_LIMIT) {
-        format!("layer bomb: {}", crate::digest::OVER_LIMIT)
-    } else {
-        format!("truncated or corrupt: {e}")
-    };
-    Error::Blob {
-        digest: l.shown(),
-        what,
-    }
+    Ok((desc, u.fresh))
 }

@@ -3,7 +3,8 @@
 //! ([`store`]); importing `docker save`/`podman save` archives and OCI
 //! image layouts with every digest checked ([`import`], [`unpack`]);
 //! writing an upper directory as an OCI layer and a new image
-//! ([`commit`]); saving an image as an OCI archive ([`save`]).
+//! ([`commit`]); saving an image as an OCI archive ([`save`]); adding an
+//! image fetched from a registry by plyfs-registry ([`fetched`]).
 //!
 //! No FUSE, no network, no async runtime: mounting is the binary's
 //! business, and what an upper means is plyfs-core's
@@ -14,9 +15,11 @@ pub mod build;
 pub mod commit;
 pub mod digest;
 pub mod error;
+pub mod fetched;
 pub mod import;
 pub mod save;
 pub mod spec;
+mod stage;
 pub mod store;
 pub mod unpack;
 
@@ -68,8 +71,9 @@ pub trait Progress {
     fn step(&self, what: &str, total: Option<u64>, bytes: bool) -> Box<dyn Step>;
 }
 
-/// One step under way; dropping it ends it.
-pub trait Step {
+/// One step under way; dropping it ends it. Steps may run side by side
+/// (several downloads at once), so they are shareable.
+pub trait Step: Send + Sync {
     fn inc(&self, n: u64);
 }
 

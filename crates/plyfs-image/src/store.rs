@@ -9,6 +9,10 @@
 //! STORE/layers/HEX/diff/         a layer's tree (HEX: its diff-id)
 //! STORE/layers/HEX/layer.json    how it was unpacked
 //! STORE/tmp/                     work in progress, renamed into place
+//! STORE/downloads/HEX            a blob being fetched from a registry (kept
+//!                                across an interrupted pull, so that the next
+//!                                one resumes it; never read before its digest
+//!                                checks out)
 //! ```
 //!
 //! Every change is built under `tmp/` and renamed into place, and
@@ -145,7 +149,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
-        for sub in ["blobs/sha256", "layers", "tmp"] {
+        for sub in ["blobs/sha256", "layers", "tmp", "downloads"] {
             b.create(root.join(sub)).at(root.join(sub))?;
         }
         let root = std::fs::canonicalize(root).at(root)?;
@@ -214,6 +218,12 @@ impl Store {
 
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// Where blob `d` is fetched to before it is checked (see the module
+    /// comment): whoever writes it holds an exclusive `flock` on it.
+    pub fn download_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("downloads").join(d.hex())
     }
 
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
@@ -397,6 +407,14 @@ impl Store {
         for e in std::fs::read_dir(&blobs).at(&blobs)?.flatten() {
             if !used_blobs.contains(&*e.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_file(e.path());
+            }
+        }
+        // Downloads of pulls that never finished, unless one is under way.
+        if let Ok(rd) = std::fs::read_dir(self.root.join("downloads")) {
+            for e in rd.flatten() {
+                if !Self::in_use(&e.path()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         Ok((removed, held))
