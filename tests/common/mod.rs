@@ -28,6 +28,6 @@ pub use {
     cli::{PLYFS, lowerdir, plyfs},
     mounts::{KernelMount, PlyfsMount, TmpfsMount, is_mounted},
     privileges::require_mount_privileges,
-    scratch::{LayerBuilder, Scratch, append, mknod},
+    scratch::{LayerBuilder, Scratch, append, mknod, oci_to_kernel_format},
     tree::{Compare, Obj, Tree, assert_same_trees, diff_trees, kind_of, link_groups, snapshot},
 };

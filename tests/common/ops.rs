@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use plyfs_core::SetTime;
 use plyfs_sys::fs as sys;
 
-use super::{Compare, KernelMount, PlyfsMount, Scratch, diff_trees, snapshot};
+use super::{Compare, KernelMount, PlyfsMount, Scratch, Tree, diff_trees, snapshot};
 
 /// One operation on a union, by paths relative to its root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub enum Op {
     RememberIno(String, usize),
     /// Whether a path still has the remembered inode number.
     SameIno(String, usize),
+    /// Unmounts and mounts again (only a [`Twin`] runs it: on both sides).
+    Remount,
 }
 
 impl fmt::Display for Op {
@@ -99,7 +101,7 @@ pub fn apply(root: BorrowedFd<'_>, op: &Op, inos: &mut Vec<u64>) -> Outcome {
             let fd = open(p, libc::O_RDONLY, 0)?;
             let mut v = Vec::new();
             std::fs::File::from(fd).read_to_end(&mut v).map_err(ioerr)?;
-            Ok(String::from_utf8_lossy(&v).into_owned())
+            Ok(summary(&v))
         }
         Op::Mkdir(p, mode) => sys::mkdirat(root, &o(p), *mode)
             .map(|_| "ok".into())
@@ -189,7 +191,21 @@ pub fn apply(root: BorrowedFd<'_>, op: &Op, inos: &mut Vec<u64>) -> Outcome {
             let st = sys::fstatat(root, &o(p)).map_err(errno)?;
             Ok((inos.get(*slot) == Some(&st.st_ino)).to_string())
         }
+        Op::Remount => panic!("Op::Remount needs both mounts: run it through a Twin"),
     }
+}
+
+/// File content as an outcome: itself when short, else its length, how
+/// many of its bytes are zeros and a hash (a log stays readable).
+fn summary(v: &[u8]) -> String {
+    if v.len() <= 200 {
+        return String::from_utf8_lossy(v).into_owned();
+    }
+    let fnv = v.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    });
+    let zeros = v.iter().filter(|b| **b == 0).count();
+    format!("{} bytes ({zeros} zeros), fnv1a {fnv:016x}", v.len())
 }
 
 /// Two copies of a stack of lowers, one mounted by the kernel, one by plyfs.
@@ -198,6 +214,9 @@ pub struct Twin {
     pub nlowers: usize,
     kernel: Option<KernelMount>,
     plyfs: Option<PlyfsMount>,
+    /// The p side mounted by the kernel (see [`TwinConfig::p_starts_as_kernel`]).
+    pkernel: Option<KernelMount>,
+    p_is_kernel: bool,
     kroot: Option<OwnedFd>,
     proot: Option<OwnedFd>,
     kinos: Vec<u64>,
@@ -207,6 +226,21 @@ pub struct Twin {
     pub plyfs_opts: String,
     /// Options of the kernel's mounts (besides the layers).
     pub kernel_opts: String,
+    /// What plyfs's daemons wrote to stderr, all of them.
+    pub plyfs_stderr: String,
+}
+
+/// How a [`Twin`] mounts.
+#[derive(Clone, Debug, Default)]
+pub struct TwinConfig {
+    pub nlowers: usize,
+    /// Extra -o options for plyfs.
+    pub plyfs_opts: String,
+    /// Options of the kernel's mounts besides the layers.
+    pub kernel_opts: String,
+    /// The p side is mounted by the kernel too until [`Twin::handover`]:
+    /// the kernel writes the upper that plyfs then takes over.
+    pub p_starts_as_kernel: bool,
 }
 
 /// Layer i (0 = top) of copy `side`.
@@ -233,12 +267,34 @@ impl Twin {
         user_ns: bool,
         build: impl Fn(&Path, usize),
     ) -> Twin {
+        let config = TwinConfig {
+            nlowers,
+            plyfs_opts: plyfs_opts.to_string(),
+            kernel_opts: Self::kernel_opts_for(user_ns).to_string(),
+            p_starts_as_kernel: false,
+        };
+        Self::with_config(config, |dir, i, _| build(dir, i))
+    }
+
+    /// The kernel's options for a stack in `trusted.overlay.*` or (user_ns)
+    /// `user.overlay.*`.
+    pub fn kernel_opts_for(user_ns: bool) -> &'static str {
+        if user_ns {
+            "userxattr,index=on"
+        } else {
+            "redirect_dir=on,index=on"
+        }
+    }
+
+    /// `build(dir, i, side)` fills lower i (0 = top) of side "k" (the
+    /// kernel's) or "p" (plyfs's).
+    pub fn with_config(config: TwinConfig, build: impl Fn(&Path, usize, &str)) -> Twin {
         let scratch = Scratch::new();
         for side in ["k", "p"] {
-            for i in 0..nlowers {
+            for i in 0..config.nlowers {
                 let l = layer(&scratch, side, i);
                 std::fs::create_dir_all(&l).unwrap();
-                build(&l, i);
+                build(&l, i, side);
             }
             for d in ["upper", "work"] {
                 std::fs::create_dir_all(scratch.path(&format!("{side}/{d}"))).unwrap();
@@ -246,21 +302,19 @@ impl Twin {
         }
         let mut t = Twin {
             scratch,
-            nlowers,
+            nlowers: config.nlowers,
             kernel: None,
             plyfs: None,
+            pkernel: None,
+            p_is_kernel: config.p_starts_as_kernel,
             kroot: None,
             proot: None,
             kinos: Vec::new(),
             pinos: Vec::new(),
             log: Vec::new(),
-            plyfs_opts: plyfs_opts.to_string(),
-            kernel_opts: if user_ns {
-                "userxattr,index=on"
-            } else {
-                "redirect_dir=on,index=on"
-            }
-            .to_string(),
+            plyfs_opts: config.plyfs_opts,
+            kernel_opts: config.kernel_opts,
+            plyfs_stderr: String::new(),
         };
         t.mount();
         t
@@ -283,25 +337,51 @@ impl Twin {
             &format!("{},{}", self.opts("k"), self.kernel_opts),
             &self.scratch.path("kmnt"),
         );
-        let mut popts = self.opts("p");
-        if !self.plyfs_opts.is_empty() {
-            popts = format!("{popts},{}", self.plyfs_opts);
-        }
-        let p = PlyfsMount::new(&popts, &self.scratch.path("pmnt"));
         self.kroot = Some(sys::open_path(&k.mnt, libc::O_PATH | libc::O_DIRECTORY).unwrap());
-        self.proot = Some(sys::open_path(&p.mnt, libc::O_PATH | libc::O_DIRECTORY).unwrap());
         self.kernel = Some(k);
-        self.plyfs = Some(p);
+        let pmnt = self.scratch.path("pmnt");
+        if self.p_is_kernel {
+            let p = KernelMount::new(&format!("{},{}", self.opts("p"), self.kernel_opts), &pmnt);
+            self.pkernel = Some(p);
+        } else {
+            let mut popts = self.opts("p");
+            if !self.plyfs_opts.is_empty() {
+                popts = format!("{popts},{}", self.plyfs_opts);
+            }
+            self.plyfs = Some(PlyfsMount::new(&popts, &pmnt));
+        }
+        self.proot = Some(sys::open_path(&pmnt, libc::O_PATH | libc::O_DIRECTORY).unwrap());
     }
 
     pub fn unmount(&mut self) {
         self.kroot = None;
         self.proot = None;
         self.kernel = None;
+        self.pkernel = None;
         if let Some(p) = self.plyfs.take() {
             let err = p.unmount();
+            self.plyfs_stderr.push_str(&err);
             assert!(!err.contains("panicked"), "plyfs panicked:\n{err}");
         }
+    }
+
+    /// Unmounts both sides and mounts them again.
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// Whether the p side is (still) the kernel's.
+    pub fn p_is_kernel(&self) -> bool {
+        self.p_is_kernel
+    }
+
+    /// The p side changes hands: the kernel unmounts it, plyfs mounts the
+    /// same layers, upper and work directory. The k side remounts too.
+    pub fn handover(&mut self) {
+        self.unmount();
+        self.p_is_kernel = false;
+        self.mount();
     }
 
     pub fn kmnt(&self) -> PathBuf {
@@ -314,6 +394,11 @@ impl Twin {
 
     /// Runs `op` on both and returns both outcomes.
     pub fn both(&mut self, op: &Op) -> (Outcome, Outcome) {
+        if *op == Op::Remount {
+            self.remount();
+            self.log.push(format!("{op}"));
+            return (Ok("remounted".into()), Ok("remounted".into()));
+        }
         let k = apply(self.kroot.as_ref().unwrap().as_fd(), op, &mut self.kinos);
         let p = apply(self.proot.as_ref().unwrap().as_fd(), op, &mut self.pinos);
         self.log.push(format!("{op}  => kernel {k:?}, plyfs {p:?}"));
@@ -378,21 +463,26 @@ impl Twin {
     pub fn check_kernel_reads_plyfs_upper(&mut self) -> Result<(), String> {
         let before = snapshot(&self.pmnt());
         self.unmount();
+        let r = self.kernel_reads_plyfs_upper(&before);
+        self.mount();
+        r
+    }
+
+    /// With both sides unmounted: the kernel mounted over plyfs's upper and
+    /// work directory shows `before`, and plyfs left none of its private
+    /// attributes there.
+    pub fn kernel_reads_plyfs_upper(&self, before: &Tree) -> Result<(), String> {
         for (p, names) in walk_xattrs(&self.scratch.path("p/upper")) {
             if names.iter().any(|n| n.contains("plyfs")) {
-                self.mount();
                 return Err(format!(
                     "plyfs-private xattrs on {}: {names:?}",
                     p.display()
                 ));
             }
         }
-        let d = {
-            let opts = format!("{},{}", self.opts("p"), self.kernel_opts);
-            let k = KernelMount::new(&opts, &self.scratch.path("kcheck"));
-            diff_trees(&before, &snapshot(&k.mnt), Compare::default())
-        };
-        self.mount();
+        let opts = format!("{},{}", self.opts("p"), self.kernel_opts);
+        let k = KernelMount::new(&opts, &self.scratch.path("kcheck"));
+        let d = diff_trees(before, &snapshot(&k.mnt), Compare::default());
         if d.is_empty() {
             Ok(())
         } else {
@@ -409,15 +499,20 @@ impl Twin {
     pub fn check_plyfs_reads_kernel_upper(&mut self) -> Result<(), String> {
         let before = snapshot(&self.kmnt());
         self.unmount();
-        let d = {
-            let mut opts = self.opts("k");
-            if !self.plyfs_opts.is_empty() {
-                opts = format!("{opts},{}", self.plyfs_opts);
-            }
-            let p = PlyfsMount::new(&opts, &self.scratch.path("pcheck"));
-            diff_trees(&before, &snapshot(&p.mnt), Compare::default())
-        };
+        let r = self.plyfs_reads_kernel_upper(&before);
         self.mount();
+        r
+    }
+
+    /// With both sides unmounted: plyfs mounted over the kernel's upper and
+    /// work directory shows `before`.
+    pub fn plyfs_reads_kernel_upper(&self, before: &Tree) -> Result<(), String> {
+        let mut opts = self.opts("k");
+        if !self.plyfs_opts.is_empty() {
+            opts = format!("{opts},{}", self.plyfs_opts);
+        }
+        let p = PlyfsMount::new(&opts, &self.scratch.path("pcheck"));
+        let d = diff_trees(before, &snapshot(&p.mnt), Compare::default());
         if d.is_empty() {
             Ok(())
         } else {
@@ -500,6 +595,7 @@ impl Drop for Twin {
         self.kroot = None;
         self.proot = None;
         self.kernel = None;
+        self.pkernel = None;
         self.plyfs = None;
     }
 }

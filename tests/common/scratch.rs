@@ -132,3 +132,28 @@ pub fn append(p: &Path, data: &[u8]) {
         .and_then(|mut f| f.write_all(data))
         .unwrap_or_else(|e| panic!("append to {}: {e}", p.display()));
 }
+
+/// Rewrites a layer's OCI markers in the kernel's format, in place (the
+/// kernel's overlayfs reads no OCI markers, so it needs this to be the
+/// oracle of a stack that has them): `.wh.NAME` becomes a 0/0 character
+/// device NAME, `.wh..wh..opq` becomes `NS.opaque=y` on its directory
+/// (NS: `trusted.overlay` or `user.overlay`). Everything else, inode
+/// numbers included, stays as it was.
+pub fn oci_to_kernel_format(dir: &Path, ns: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name == ".wh..wh..opq" {
+            std::fs::remove_file(&path).expect("remove OCI opaque marker");
+            xattr::set(dir, format!("{ns}.opaque"), b"y").expect("set opaque");
+        } else if let Some(hidden) = name.strip_prefix(".wh.") {
+            std::fs::remove_file(&path).expect("remove OCI whiteout");
+            mknod(&dir.join(hidden), libc::S_IFCHR, 0);
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            oci_to_kernel_format(&path, ns);
+        }
+    }
+}
