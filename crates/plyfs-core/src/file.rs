@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 
 use crate::error::{Errno, Result};
 use crate::inode::{Ino, Node};
-use crate::sys::fs;
+use crate::sys::fs::{self, SetTime};
 use crate::{Overlay, Stat};
 
 /// Flags that only matter when the kernel opens, or for the caller's own
@@ -64,6 +64,25 @@ impl OpenFile {
     pub fn write(&self, data: &[u8], offset: u64) -> Result<usize> {
         let fd = self.fd()?;
         fs::pwrite(fd.as_fd(), data, offset)
+    }
+
+    /// A write under the kernel's writeback cache, which keeps a file's
+    /// modification time itself and sends it (SETATTR) whenever it moves
+    /// it. Its clock is coarse: a write within the same tick leaves its
+    /// time as it was and sends nothing, so the upper's (finer) time of
+    /// the write is put back, or a remount would show a time the file
+    /// never had.
+    pub fn write_keeping_mtime(&self, data: &[u8], offset: u64) -> Result<usize> {
+        let fd = self.fd()?;
+        let before = fs::fstat(fd.as_fd())?;
+        let n = fs::pwrite(fd.as_fd(), data, offset)?;
+        let mtime = SetTime::At {
+            sec: before.st_mtime,
+            nsec: before.st_mtime_nsec,
+        };
+        // Not being allowed to set it only leaves the finer time.
+        let _ = fs::utimens_fd(fd.as_fd(), SetTime::Omit, mtime);
+        Ok(n)
     }
 
     pub fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Result<()> {

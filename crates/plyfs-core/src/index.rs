@@ -90,10 +90,10 @@ impl Overlay {
         let Some(work) = &self.layers.work else {
             return Ok(());
         };
-        let Some(lower) = found.lowers.first() else {
+        let Some(lower) = found.lowers.first().cloned() else {
             return Ok(());
         };
-        let Some(fh) = self.origin_fh(lower)? else {
+        let Some(fh) = self.origin_fh(&lower)? else {
             return Ok(());
         };
         let iname = OsString::from(fh.index_name());
@@ -105,7 +105,8 @@ impl Overlay {
         if util::kind(st.st_mode) != found.kind {
             return Ok(());
         }
-        let nlink = Markers::read(work.index.as_fd(), &iname)?.nlink;
+        let m = Markers::read(work.index.as_fd(), &iname)?;
+        let nlink = m.nlink;
         // A stored count that leaves no name is as corrupt as one out of
         // range: the kernel falls back to the real count for both.
         let lower_nlink = found.lower_stat.map_or(0, |s| s.st_nlink);
@@ -122,6 +123,11 @@ impl Overlay {
         found.upper = Some(upper);
         found.upper_stat = Some(st);
         found.indexed = true;
+        // A metacopy index entry (the kernel's chown of a hard link) has
+        // only the attributes; the data is still the lower's.
+        if m.metacopy && found.data.is_none() {
+            found.data = Some(lower);
+        }
         Ok(())
     }
 

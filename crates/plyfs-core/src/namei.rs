@@ -257,6 +257,9 @@ impl Overlay {
         } else if found.upper.is_some() {
             if let Some(redirect) = metacopy {
                 self.attach_metacopy_data(&mut found, parent, pstate, name, redirect)?;
+                if let Some(raw) = origin_raw {
+                    self.note_indexed(&mut found, &raw);
+                }
             } else if let Some(raw) = origin_raw {
                 self.attach_origin(&mut found, parent, pstate, name, &raw)?;
             }
@@ -396,6 +399,14 @@ impl Overlay {
                             // it anew holds both: its whiteout hides what the
                             // layers below have (the OCI rule).
                             if listing.whiteout_at(&name, hit.pos) {
+                                return Ok(out);
+                            }
+                            // Opaque in the OCI format: the layers below
+                            // are not part of it (nor of its link count).
+                            if layer != bottom
+                                && !matches!(step, Next::Stop)
+                                && self.oci_opaque(&out)?
+                            {
                                 return Ok(out);
                             }
                             cursor = match step {

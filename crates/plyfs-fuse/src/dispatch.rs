@@ -289,7 +289,13 @@ impl Filesystem for PlyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = self.handles.get(fh).and_then(|f| f.write(data, offset));
+        let r = self.handles.get(fh).and_then(|f| {
+            if self.handles.writeback {
+                f.write_keeping_mtime(data, offset)
+            } else {
+                f.write(data, offset)
+            }
+        });
         // FUSE_HANDLE_KILLPRIV_V2: a write by a caller without CAP_FSETID
         // kills set-ID bits here.
         if r.is_ok() && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {

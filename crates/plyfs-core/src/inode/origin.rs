@@ -165,6 +165,17 @@ impl Overlay {
         Ok(())
     }
 
+    /// Marks `found` as the index entry of its origin when it is one: a
+    /// metacopy copy of a hard link, whose origin was found by name.
+    pub(crate) fn note_indexed(&self, found: &mut Found, raw: &[u8]) {
+        if let (Some(fh), Some(ls), Some(ust)) =
+            (OriginFh::decode(raw), &found.lower_stat, &found.upper_stat)
+            && ls.st_nlink > 1
+        {
+            found.indexed = self.is_index_entry(&fh, ust);
+        }
+    }
+
     /// The kernel-format handle of a lower object, as the origin marker
     /// records it; `None` when the filesystem cannot make one.
     pub(crate) fn origin_fh(&self, real: &Real) -> Result<Option<OriginFh>> {
