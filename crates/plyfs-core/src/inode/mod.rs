@@ -371,7 +371,9 @@ pub(crate) struct Node {
 #[derive(Debug, Default)]
 struct DirPart {
     /// The lookup cache of its entries; names shared with their nodes.
-    children: RwLock<HashMap<Arc<OsStr>, Child>>,
+    /// A negative entry is an empty `Weak` (no allocation: a map entry
+    /// stays three words).
+    children: RwLock<HashMap<Arc<OsStr>, Weak<Node>>>,
     /// Its lower entries, read once.
     listing: OnceLock<Arc<LowerListing>>,
     /// Bumped on every change of an entry, so that a lookup that raced
@@ -429,12 +431,21 @@ impl Node {
             .map(|n| n.state.read().name.clone())
             .filter(|k| **k == *name)
             .unwrap_or_else(|| Arc::from(name));
-        d.children.write().insert(key, c);
+        let stored = match c {
+            Child::Positive(w) => w,
+            Child::Negative => Weak::new(),
+        };
+        d.children.write().insert(key, stored);
     }
 
     /// What the lookup cache says `name` leads to.
     pub fn cached_child(&self, name: &OsStr) -> Option<Child> {
-        self.dir.as_ref()?.children.read().get(name).cloned()
+        let w = self.dir.as_ref()?.children.read().get(name).cloned()?;
+        Some(if w.ptr_eq(&Weak::new()) {
+            Child::Negative
+        } else {
+            Child::Positive(w)
+        })
     }
 
     pub fn bump_version(&self) {

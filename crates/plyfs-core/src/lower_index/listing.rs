@@ -37,46 +37,38 @@ pub(crate) struct Hit {
     pub ino: u64,
 }
 
-/// A hit as kept: the stack position fits in 16 bits (a layer index does).
+/// A hit as kept: entry `idx` of the record at stack position `pos` (a
+/// layer index fits in 16 bits); its kind and inode number are read from
+/// the record, not copied.
 #[derive(Clone, Copy, Debug)]
 struct Kept {
     pos: u16,
-    kind: EntryKind,
-    ino: u64,
-}
-
-impl Kept {
-    fn hit(self) -> Hit {
-        Hit {
-            pos: usize::from(self.pos),
-            kind: self.kind,
-            ino: self.ino,
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Hits {
-    One(Kept),
-    Many(Box<[Kept]>),
-}
-
-impl Hits {
-    fn as_slice(&self) -> &[Kept] {
-        match self {
-            Hits::One(h) => std::slice::from_ref(h),
-            Hits::Many(v) => v,
-        }
-    }
-}
-
-/// One name: where it is spelled (entry `idx` of the record at stack
-/// position `pos`) and its hits.
-#[derive(Debug)]
-struct Slot {
-    pos: u16,
     idx: u32,
-    hits: Hits,
+}
+
+/// One name's hits, top-most first; the first also spells the name. Two
+/// words: nearly every name is in one layer only and keeps its hit inline.
+#[derive(Debug)]
+enum Slot {
+    One(Kept),
+    Many(Box<Vec<Kept>>),
+}
+
+impl Slot {
+    fn hits(&self) -> &[Kept] {
+        match self {
+            Slot::One(h) => std::slice::from_ref(h),
+            Slot::Many(v) => v,
+        }
+    }
+}
+
+fn entry_kind(kind: u8) -> EntryKind {
+    match kind {
+        KIND_WHITEOUT | KIND_XWHITEOUT => EntryKind::Whiteout,
+        libc::DT_DIR => EntryKind::Dir,
+        t => EntryKind::Other(t),
+    }
 }
 
 /// Every name in a directory's lower layers, each with the layers that have
@@ -94,42 +86,59 @@ pub(crate) struct LowerListing {
 }
 
 impl LowerListing {
-    fn name_of<'a>(records: &'a [Arc<DirRecord>], slot: &Slot) -> &'a [u8] {
+    fn name_at<'a>(records: &'a [Arc<DirRecord>], k: Kept) -> &'a [u8] {
         records
-            .get(usize::from(slot.pos))
-            .map_or(&[][..], |r| r.name(slot.idx as usize))
+            .get(usize::from(k.pos))
+            .map_or(&[][..], |r| r.name(k.idx as usize))
     }
 
-    fn hits(&self, name: &OsStr) -> &[Kept] {
+    fn name_of<'a>(records: &'a [Arc<DirRecord>], slot: &Slot) -> &'a [u8] {
+        slot.hits()
+            .first()
+            .map_or(&[][..], |&k| Self::name_at(records, k))
+    }
+
+    fn hit(&self, k: Kept) -> Hit {
+        let (kind, ino) = self
+            .records
+            .get(usize::from(k.pos))
+            .and_then(|r| r.entries.get(k.idx as usize))
+            .map_or((EntryKind::Whiteout, 0), |e| (entry_kind(e.1), e.2));
+        Hit {
+            pos: usize::from(k.pos),
+            kind,
+            ino,
+        }
+    }
+
+    fn hits(&self, name: &OsStr) -> impl Iterator<Item = Hit> + '_ {
         let name = name.as_bytes();
         let hash = self.hasher.hash_one(name);
         self.table
             .find(hash, |s| Self::name_of(&self.records, s) == name)
-            .map_or(&[][..], |s| s.hits.as_slice())
+            .map_or(&[][..], Slot::hits)
+            .iter()
+            .map(|&k| self.hit(k))
     }
 
     /// The first layer at or below stack position `from` that has `name`.
     pub fn first_hit(&self, name: &OsStr, from: usize) -> Option<Hit> {
-        self.hits(name)
-            .iter()
-            .find(|h| usize::from(h.pos) >= from)
-            .map(|h| h.hit())
+        self.hits(name).find(|h| h.pos >= from)
     }
 
     /// Whether stack position `pos` holds a whiteout of `name` (beside a
     /// real entry of that name, in an OCI layer that re-creates it).
     pub fn whiteout_at(&self, name: &OsStr, pos: usize) -> bool {
         self.hits(name)
-            .iter()
-            .any(|h| usize::from(h.pos) == pos && h.kind == EntryKind::Whiteout)
+            .any(|h| h.pos == pos && h.kind == EntryKind::Whiteout)
     }
 
     /// Names visible from the lowers and what they resolve to.
     pub fn visible(&self) -> impl Iterator<Item = (&OsStr, Hit)> {
         self.table.iter().filter_map(|s| {
-            let h = *s.hits.as_slice().first()?;
+            let h = self.hit(*s.hits().first()?);
             (h.kind != EntryKind::Whiteout)
-                .then(|| (OsStr::from_bytes(Self::name_of(&self.records, s)), h.hit()))
+                .then(|| (OsStr::from_bytes(Self::name_of(&self.records, s)), h))
         })
     }
 
@@ -152,45 +161,34 @@ impl LowerListing {
             let rec = index.dir(layer, dir, marked)?;
             let pos16 = u16::try_from(pos).unwrap_or(u16::MAX);
             records.push(rec.clone());
-            for (i, &(_, kind, ino)) in rec.entries.iter().enumerate() {
-                let kind = match kind {
-                    KIND_WHITEOUT => EntryKind::Whiteout,
-                    KIND_XWHITEOUT => {
-                        xwhiteouts = true;
-                        EntryKind::Whiteout
-                    }
-                    libc::DT_DIR => EntryKind::Dir,
-                    t => EntryKind::Other(t),
-                };
+            for (i, &(_, kind, _)) in rec.entries.iter().enumerate() {
+                if kind == KIND_XWHITEOUT {
+                    xwhiteouts = true;
+                }
+                let whiteout = entry_kind(kind) == EntryKind::Whiteout;
                 let hit = Kept {
                     pos: pos16,
-                    kind,
-                    ino,
+                    idx: i as u32,
                 };
                 let name = rec.name(i);
                 let hash = hasher.hash_one(name);
                 let found = table.find_mut(hash, |s| Self::name_of(&records, s) == name);
                 match found {
                     Some(slot) => {
-                        let mut hits = slot.hits.as_slice().to_vec();
+                        let mut hits = slot.hits().to_vec();
                         // Within one layer a real entry comes before its
                         // whiteout (an OCI layer may re-create what it
                         // deletes below).
                         match hits.last() {
-                            Some(last) if last.pos == pos16 && kind != EntryKind::Whiteout => {
+                            Some(last) if last.pos == pos16 && !whiteout => {
                                 hits.insert(hits.len() - 1, hit)
                             }
                             _ => hits.push(hit),
                         }
-                        slot.hits = Hits::Many(hits.into_boxed_slice());
+                        *slot = Slot::Many(Box::new(hits));
                     }
                     None => {
-                        let slot = Slot {
-                            pos: pos16,
-                            idx: i as u32,
-                            hits: Hits::One(hit),
-                        };
-                        table.insert_unique(hash, slot, |s| {
+                        table.insert_unique(hash, Slot::One(hit), |s| {
                             hasher.hash_one(Self::name_of(&records, s))
                         });
                     }
