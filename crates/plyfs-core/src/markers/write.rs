@@ -201,6 +201,10 @@ impl Writer {
                 if *slot == UpperSlot::Whiteout {
                     return Ok(());
                 }
+                // The directory is marked before the whiteout appears in
+                // it: a crash between the two must not leave an xattr
+                // whiteout that listings would show as a file.
+                self.mark_xwhiteouts(udir)?;
                 let wh = self.build_whiteout(work)?;
                 let flags = match slot {
                     UpperSlot::Dir => fs::RENAME_EXCHANGE,
@@ -215,7 +219,7 @@ impl Writer {
                     // The old directory (whiteouts only) is in work now.
                     util::remove_tree(work, &wh)?;
                 }
-                self.mark_xwhiteouts(udir)
+                Ok(())
             }
             Whiteouts::Oci => {
                 create_empty(udir, &oci_whiteout_name(name))?;
@@ -241,13 +245,14 @@ impl Writer {
         match self.whiteouts {
             Whiteouts::Char => fs::renameat2(olddir, old, newdir, new, fs::RENAME_WHITEOUT),
             Whiteouts::Xattr => {
+                // Marked first, as in `whiteout`.
+                self.mark_xwhiteouts(olddir)?;
                 let wh = self.build_whiteout(work)?;
                 if let Err(e) = fs::renameat2(olddir, old, newdir, new, 0) {
                     let _ = fs::unlinkat(work, &wh, false);
                     return Err(e);
                 }
-                fs::renameat2(work, &wh, olddir, old, fs::RENAME_NOREPLACE)?;
-                self.mark_xwhiteouts(olddir)
+                fs::renameat2(work, &wh, olddir, old, fs::RENAME_NOREPLACE)
             }
             Whiteouts::Oci => {
                 fs::renameat2(olddir, old, newdir, new, 0)?;
