@@ -13,6 +13,9 @@ mod privileges;
 mod scratch;
 mod tree;
 
+pub mod bigfiles;
+pub mod lanes;
+pub mod loadwork;
 pub mod oci;
 pub mod ops;
 pub mod podman;
