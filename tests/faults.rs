@@ -456,3 +456,59 @@ fn a_refused_second_mount_leaves_the_live_work_directory_alone() {
         "the live mount's work file"
     );
 }
+
+/// `plyfs check` from the command line: its exit codes, and one line
+/// for an upper a mount is using.
+#[test]
+fn check_exit_codes() {
+    if !require_mount_privileges() {
+        return;
+    }
+    let s = Scratch::new();
+    LayerBuilder::new(s.path("lower")).file("f", "f");
+    let (upper, work, lower) = (s.mkdir("upper"), s.mkdir("work"), s.path("lower"));
+    let run = |repair: bool| {
+        let mut args = vec![
+            "check".as_ref(),
+            upper.as_os_str(),
+            "--lowerdir".as_ref(),
+            lower.as_os_str(),
+            "--work".as_ref(),
+            work.as_os_str(),
+        ];
+        if repair {
+            args.push("--repair".as_ref());
+        }
+        plyfs(&args)
+    };
+    {
+        let _ply = PlyfsMount::new(&opts(&lower, &upper, &work, ""), &s.path("mnt"));
+        let (code, out, err) = run(false);
+        assert_eq!((code, out.as_str()), (8, ""), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("in use by a mount"), "{err}");
+    }
+    assert_eq!(run(false).0, 0);
+    // A leftover is no defect; a value nobody can read is, and goes.
+    std::fs::write(work.join("work/#plyfs.9.9"), "x").expect("leftover");
+    std::fs::write(upper.join("g"), "g").expect("g");
+    xattr::set(upper.join("g"), "trusted.overlay.nlink", b"U+x").expect("xattr");
+    let (code, out, _) = run(false);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.lines().any(|l| l.starts_with("leftover:")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("defect:")), "{out}");
+    let (code, out, _) = run(true);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with("[repaired]")).count(),
+        2,
+        "{out}"
+    );
+    let (code, out, _) = run(false);
+    assert_eq!((code, out.as_str()), (0, ""));
+    // A redirect to nowhere is only reported.
+    std::fs::create_dir(upper.join("d")).expect("d");
+    xattr::set(upper.join("d"), "trusted.overlay.redirect", b"/nowhere").expect("xattr");
+    xattr::set(&upper, "trusted.overlay.impure", b"y").expect("xattr");
+    assert_eq!(run(true).0, 4);
+}

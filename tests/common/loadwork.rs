@@ -15,6 +15,8 @@ use super::lanes::Rng;
 const SHARED: u64 = 32;
 /// Lower files per mixed worker.
 pub const LOWER_FILES: usize = 40;
+/// Files a mixed worker keeps in its own directory at most.
+const OWN_MAX: usize = 300;
 
 /// What a lower file of worker `w` holds.
 pub fn lower_content(w: usize, i: usize) -> Vec<u8> {
@@ -53,7 +55,17 @@ pub fn mixed(root: &Path, w: usize, until: Instant, rng: &mut Rng) -> Result<u64
     while Instant::now() < until {
         ops += 1;
         let names: Vec<String> = files.keys().cloned().collect();
+        // The tree stays bounded (so should the daemon's memory): past
+        // a few hundred files, a create becomes an unlink.
+        let full = files.len() >= OWN_MAX;
         match rng.below(20) {
+            0..4 if full => {
+                if let Some(a) = rng.pick(&names) {
+                    std::fs::remove_file(own.join(a))
+                        .map_err(|e| fail("unlink", &own.join(a), e))?;
+                    files.remove(a);
+                }
+            }
             0..4 => {
                 n += 1;
                 let name = format!("o{n}");
