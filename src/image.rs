@@ -408,7 +408,7 @@ pub struct LowerArgs {
     /// The work directory of the upper's mounts, whose index holds the
     /// changed copies of hard-linked files (default: `.NAME.work` beside
     /// the upper, where `plyfs mount --image` keeps it, if it exists).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", visible_alias = "workdir")]
     work: Option<PathBuf>,
 }
 
@@ -528,17 +528,27 @@ pub struct DiffArgs {
 }
 
 pub fn diff(a: DiffArgs) -> Result<()> {
-    let lowers = if a.lowers.image.is_some() {
-        let store = a.store.open()?;
-        let _lock = lock(&store, false)?;
-        a.lowers.resolve(Some(&store))?.1
-    } else {
-        a.lowers.resolve(None)?.1
-    };
-    let work = a.lowers.work(&a.upper);
+    let (lowers, work) = upper_context(&a.store, &a.lowers, &a.upper)?;
     let changes = Changes::open(&a.upper, &lowers, work.as_deref()).map_err(fail)?;
     for line in commit::diff(&changes).map_err(fail)? {
         println!("{line}");
     }
     Ok(())
+}
+
+/// The lowers (top first) and the work directory of an upper, for the
+/// commands that read one offline (`diff`, `check`).
+pub(crate) fn upper_context(
+    store: &StoreArgs,
+    lowers: &LowerArgs,
+    upper: &Path,
+) -> Result<(Vec<PathBuf>, Option<PathBuf>)> {
+    let dirs = if lowers.image.is_some() {
+        let store = store.open()?;
+        let _lock = lock(&store, false)?;
+        lowers.resolve(Some(&store))?.1
+    } else {
+        lowers.resolve(None)?.1
+    };
+    Ok((dirs, lowers.work(upper)))
 }

@@ -3,6 +3,7 @@
 //! The binary only parses, mounts and reports; the semantics live in
 //! plyfs-core and the FUSE translation in plyfs-fuse.
 
+mod check;
 mod daemon;
 mod demo;
 mod image;
@@ -27,7 +28,8 @@ use tracing_subscriber::EnvFilter;
                       plyfs image import|ls|rm|lowerdir|save|pull|push|login ...\n       \
                       plyfs mount --image NAME [--upper DIR] MOUNTPOINT\n       \
                       plyfs commit UPPER [--image NAME --tag NEW] [-o LAYER.tar] [--gzip|--zstd]\n       \
-                      plyfs diff UPPER | demo | completions SHELL | man"
+                      plyfs diff UPPER | demo | completions SHELL | man\n       \
+                      plyfs check UPPER [--lowerdir A:B] [--work W] [--repair]"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -74,6 +76,10 @@ enum Command {
     Commit(image::CommitArgs),
     /// Print what an upper directory changes, as `docker diff` does.
     Diff(image::DiffArgs),
+    /// Check an upper directory offline (after a crash, say), and repair
+    /// what is safe to repair. Exit code: 0 nothing wrong, 1 repaired,
+    /// 4 defects left, 8 the check could not run.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +124,8 @@ fn main() -> ExitCode {
         Some(Command::Mount(a)) => image::mount(a),
         Some(Command::Commit(a)) => image::commit(a),
         Some(Command::Diff(a)) => image::diff(a),
+        // Its exit code says what it found.
+        Some(Command::Check(a)) => return check::run(a),
         None => mount_union(&cli.options, &cli.targets, cli.foreground, cli.debug),
     };
     match result {

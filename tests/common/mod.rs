@@ -13,7 +13,10 @@ mod privileges;
 mod scratch;
 mod tree;
 
+pub mod bigfiles;
 pub mod images;
+pub mod lanes;
+pub mod loadwork;
 pub mod oci;
 pub mod ops;
 pub mod podman;

@@ -89,6 +89,20 @@ impl PlyfsMount {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Waits up to `limit` for the daemon to end on its own (after a
+    /// signal, say); its exit status and stderr, `None` if it did not.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(std::process::ExitStatus, String)> {
+        let child = self.child.as_mut()?;
+        if !wait_until(limit, || child.try_wait().ok().flatten().is_some()) {
+            return None;
+        }
+        let out = self.child.take()?.wait_with_output().ok()?;
+        Some((
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// Unmounts and returns the daemon's stderr.
     pub fn unmount(mut self) -> String {
         self.take_down()

@@ -107,6 +107,12 @@ impl Overlay {
         }
         debug!(ino = node.ino, name = ?state.name, meta, "copy-up");
         let fh = self.origin_fh(&lower).ok().flatten();
+        // The parent is marked before the copy with its origin appears in
+        // it (as the kernel does): a crash between the two must not leave
+        // a copy whose inode number readers would not look up.
+        if fh.is_some() {
+            self.mark_impure(parent)?;
+        }
         let data = state.data().cloned().unwrap_or_else(|| lower.clone());
         let tmp = util::temp_name();
         let mut upper_ovr = None;
@@ -145,9 +151,6 @@ impl Overlay {
             node.state.write().set_data(Some(data));
         }
         self.set_upper(node, parent, &udir, &state, upper_ovr)?;
-        if fh.is_some() {
-            self.mark_impure(parent)?;
-        }
         restore_times(udir.as_fd(), &pst);
         Ok(())
     }

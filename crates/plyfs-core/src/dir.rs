@@ -340,6 +340,10 @@ impl Overlay {
         let work = self.work_fd()?;
         let slot = markers::upper_slot(udir.as_fd(), newname)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
+        // Marked before the name appears (see copy_up_at).
+        if !node.state.read().lowers.is_empty() {
+            self.mark_impure(&pnew)?;
+        }
         let link_to = |dir: BorrowedFd<'_>, name: &OsStr| -> Result<()> {
             match &upper {
                 Real::Pinned { fd, .. } => fs::linkat_fd(fd.as_fd(), dir, name),
@@ -360,9 +364,6 @@ impl Overlay {
             link_to(udir.as_fd(), newname)?;
         }
         let _ = self.markers().clear_whiteout(udir.as_fd(), newname);
-        if !node.state.read().lowers.is_empty() {
-            self.mark_impure(&pnew)?;
-        }
         pnew.bump_version();
         pnew.set_child(newname, &node);
         let node = self.inodes.recount(&node).ok_or(Errno::ESTALE)?;

@@ -222,9 +222,11 @@ impl Overlay {
         // One more upper name, no more union names: the count kept
         // relative to the upper inode moves by one.
         let union = self.union_nlink(node)?;
+        // Marked first: a crash after the link must not leave a name
+        // whose origin (and so its shared inode number) is not read.
+        self.mark_impure(pnode)?;
         fs::linkat(index.as_fd(), &iname, udir.as_fd(), name)?;
-        self.persist_nlink(node, union)?;
-        self.mark_impure(pnode)
+        self.persist_nlink(node, union)
     }
 
     /// Before a link count change of an indexed object: store the union's

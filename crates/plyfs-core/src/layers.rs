@@ -471,6 +471,13 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
             upper: upper_path.to_path_buf(),
         });
     }
+    // Locked before anything in it is touched: a second mount of the same
+    // directories, refused below, must not first clean away the work/
+    // objects of the live one (its copy-ups in progress).
+    let locks = vec![
+        lock(path, "workdir", root.as_fd())?,
+        lock(upper_path, "upperdir", upper.root.as_fd())?,
+    ];
     // The kernel makes these mode 000: only a process that may override
     // modes can use them, and root can. Without that privilege (a plain
     // user through fusermount3) they must be ours to read: 0700 keeps them
@@ -515,10 +522,6 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
         );
     }
     let index = sub("index")?;
-    let locks = vec![
-        lock(path, "workdir", root.as_fd())?,
-        lock(upper_path, "upperdir", upper.root.as_fd())?,
-    ];
     Ok(Workdir {
         path: path.to_path_buf(),
         work,

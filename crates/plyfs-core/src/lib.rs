@@ -10,6 +10,7 @@
 mod atime;
 mod attr;
 pub mod changes;
+pub mod check;
 mod config;
 mod copy_up;
 mod dir;

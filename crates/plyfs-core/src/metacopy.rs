@@ -169,7 +169,14 @@ impl Overlay {
         let size = upper.stat()?.st_size.max(0) as u64;
         let dst = open_for_writing(upper)?;
         let src = open_lower(data)?;
-        copy_data(src.as_fd(), dst.as_fd(), size)?;
+        if let Err(e) = copy_data(src.as_fd(), dst.as_fd(), size) {
+            // The file is still a metacopy and reads from its lower: give
+            // back the blocks the failed copy took (on a full upper, all
+            // that was left), rather than keep them until a retry.
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            let _ = fs::fallocate(dst.as_fd(), punch, 0, size);
+            return Err(e);
+        }
         if !self.config.volatile {
             fs::fsync(dst.as_fd(), false)?;
         }

@@ -106,6 +106,18 @@ impl Overlay {
             self.prepare_dir_move(n, samedir, &pold)?;
         }
 
+        // Entries that carry an origin or a redirect make their new
+        // directory impure (readdir must look their numbers up); marked
+        // before they arrive, so that a crash cannot leave one unmarked.
+        if self.carries_origin(&old) {
+            self.mark_impure(&pnew)?;
+        }
+        if exchange
+            && let Some(n) = &new
+            && self.carries_origin(n)
+        {
+            self.mark_impure(&pold)?;
+        }
         let old_udir = self.upper_dir_of(&pold)?;
         let new_udir = self.upper_dir_of(&pnew)?;
         let work = self.work_fd()?;
@@ -146,18 +158,6 @@ impl Overlay {
                 _ => fs::renameat2(old_dir, name, new_dir, newname, 0)?,
             }
             let _ = self.markers().clear_whiteout(new_dir, newname);
-        }
-
-        // Entries that carry an origin or a redirect make their new
-        // directory impure (readdir must look their numbers up).
-        if self.carries_origin(&old) {
-            self.mark_impure(&pnew)?;
-        }
-        if exchange
-            && let Some(n) = &new
-            && self.carries_origin(n)
-        {
-            self.mark_impure(&pold)?;
         }
 
         self.moved(

@@ -47,10 +47,12 @@ struct Kept {
 }
 
 /// One name's hits, top-most first; the first also spells the name. Two
-/// words: nearly every name is in one layer only and keeps its hit inline.
+/// words: nearly every name is in one layer only and keeps its hit inline
+/// (a boxed `Vec` is one word where a boxed slice would be two).
 #[derive(Debug)]
 enum Slot {
     One(Kept),
+    #[allow(clippy::box_collection)]
     Many(Box<Vec<Kept>>),
 }
 
@@ -86,7 +88,7 @@ pub(crate) struct LowerListing {
 }
 
 impl LowerListing {
-    fn name_at<'a>(records: &'a [Arc<DirRecord>], k: Kept) -> &'a [u8] {
+    fn name_at(records: &[Arc<DirRecord>], k: Kept) -> &[u8] {
         records
             .get(usize::from(k.pos))
             .map_or(&[][..], |r| r.name(k.idx as usize))

@@ -5,6 +5,7 @@
 //! whiteouts, OCI `.wh.` files, override-stat attributes) and, through
 //! [`Writer`], writes the one format the mount was set up with.
 
+pub(crate) mod audit;
 mod entries;
 pub mod layer;
 mod stat_override;

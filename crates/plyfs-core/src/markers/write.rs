@@ -45,6 +45,9 @@ pub(crate) struct Writer {
     /// Where new objects keep the owner, mode and type the union reports
     /// for them (`None`: on the real object).
     overrides: Option<OverrideNs>,
+    /// The filesystem renames leaving a char whiteout in one step
+    /// (RENAME_WHITEOUT); ramfs, for one, makes char devices but cannot.
+    rename_whiteout: bool,
 }
 
 impl Writer {
@@ -54,6 +57,7 @@ impl Writer {
         let wh = util::temp_name();
         let char_whiteouts = fs::mknodat(work, &wh, libc::S_IFCHR, 0).is_ok();
         let _ = fs::unlinkat(work, &wh, false);
+        let rename_whiteout = char_whiteouts && probe_rename_whiteout(work);
 
         let d = util::temp_name();
         let mut ns = None;
@@ -81,6 +85,7 @@ impl Writer {
             whiteouts,
             xattrs: ns.is_some(),
             overrides,
+            rename_whiteout,
         }
     }
 
@@ -91,6 +96,7 @@ impl Writer {
             whiteouts: Whiteouts::Char,
             xattrs: false,
             overrides: None,
+            rename_whiteout: false,
         }
     }
 
@@ -201,6 +207,10 @@ impl Writer {
                 if *slot == UpperSlot::Whiteout {
                     return Ok(());
                 }
+                // The directory is marked before the whiteout appears in
+                // it: a crash between the two must not leave an xattr
+                // whiteout that listings would show as a file.
+                self.mark_xwhiteouts(udir)?;
                 let wh = self.build_whiteout(work)?;
                 let flags = match slot {
                     UpperSlot::Dir => fs::RENAME_EXCHANGE,
@@ -215,7 +225,7 @@ impl Writer {
                     // The old directory (whiteouts only) is in work now.
                     util::remove_tree(work, &wh)?;
                 }
-                self.mark_xwhiteouts(udir)
+                Ok(())
             }
             Whiteouts::Oci => {
                 create_empty(udir, &oci_whiteout_name(name))?;
@@ -239,15 +249,25 @@ impl Writer {
         new: &OsStr,
     ) -> Result<()> {
         match self.whiteouts {
-            Whiteouts::Char => fs::renameat2(olddir, old, newdir, new, fs::RENAME_WHITEOUT),
+            Whiteouts::Char if self.rename_whiteout => {
+                fs::renameat2(olddir, old, newdir, new, fs::RENAME_WHITEOUT)
+            }
+            // Two steps where the filesystem has no RENAME_WHITEOUT: a
+            // crash between them shows the lower object at the old name
+            // again beside the moved one (never loses either).
+            Whiteouts::Char => {
+                fs::renameat2(olddir, old, newdir, new, 0)?;
+                fs::mknodat(olddir, old, libc::S_IFCHR, 0)
+            }
             Whiteouts::Xattr => {
+                // Marked first, as in `whiteout`.
+                self.mark_xwhiteouts(olddir)?;
                 let wh = self.build_whiteout(work)?;
                 if let Err(e) = fs::renameat2(olddir, old, newdir, new, 0) {
                     let _ = fs::unlinkat(work, &wh, false);
                     return Err(e);
                 }
-                fs::renameat2(work, &wh, olddir, old, fs::RENAME_NOREPLACE)?;
-                self.mark_xwhiteouts(olddir)
+                fs::renameat2(work, &wh, olddir, old, fs::RENAME_NOREPLACE)
             }
             Whiteouts::Oci => {
                 fs::renameat2(olddir, old, newdir, new, 0)?;
@@ -384,6 +404,19 @@ impl Writer {
         }
         tolerant(set(dir, name, self.ns.name(Attr::Nlink), &nlink.format()))
     }
+}
+
+/// Whether a rename in `work` can leave a char whiteout behind in one step.
+fn probe_rename_whiteout(work: BorrowedFd<'_>) -> bool {
+    let (a, b) = (util::temp_name(), util::temp_name());
+    if create_empty(work, &a).is_err() {
+        return false;
+    }
+    let ok = fs::renameat2(work, &a, work, &b, fs::RENAME_WHITEOUT).is_ok();
+    for n in [&a, &b] {
+        let _ = fs::unlinkat(work, n, false);
+    }
+    ok
 }
 
 /// Markers are written with our privileges whatever the modes say.
