@@ -68,7 +68,10 @@ impl Overlay {
             }
         } else if s.indexed
             && s.upper.is_some()
-            && let Some(n) = index::indexed_nlink(&s, st.st_nlink)
+            // A stored count that leaves no name while the object is
+            // still found by one is corrupt: the kernel shows the real
+            // count then.
+            && let Some(n) = index::indexed_nlink(&s, st.st_nlink).filter(|&n| n > 0)
         {
             st.st_nlink = n;
         }

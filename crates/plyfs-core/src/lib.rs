@@ -17,6 +17,10 @@ mod dir;
 mod error;
 mod file;
 mod fileattr;
+/// Entry points of the fuzz targets (`fuzz/`), nothing of the daemon's.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod inode;
 mod layers;

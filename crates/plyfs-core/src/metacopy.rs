@@ -106,6 +106,12 @@ impl Overlay {
             found.data = Some(data);
             return Ok(());
         };
+        // Its data is a regular file's, never a symlink's or a device's
+        // (a forged redirect may name one): the kernel finds no data
+        // then, and neither does plyfs, so nothing is read through it.
+        if lower.first_stat.map(|s| util::kind(s.st_mode)) != Some(libc::S_IFREG) {
+            return Err(no_data(name));
+        }
         let data = if lower.chasing {
             lower.data.take().ok_or_else(|| no_data(name))?
         } else {

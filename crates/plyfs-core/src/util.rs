@@ -124,6 +124,26 @@ pub fn same_dir(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> Result<bool> {
     Ok(x.st_dev == y.st_dev && x.st_ino == y.st_ino)
 }
 
+/// Whether directory `dir` is `root` or below it, found by walking up
+/// through `..` (a directory reached by file handle may be anywhere on
+/// its filesystem).
+pub fn is_beneath(dir: BorrowedFd<'_>, root: BorrowedFd<'_>) -> Result<bool> {
+    let mut cur: Option<std::os::fd::OwnedFd> = None;
+    // Deeper than any path can be named: give up, as for no.
+    for _ in 0..4096 {
+        let at = cur.as_ref().map_or(dir, |c| c.as_fd());
+        if same_dir(at, root)? {
+            return Ok(true);
+        }
+        let up = fs::openat(at, OsStr::new(".."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        if same_dir(up.as_fd(), at)? {
+            return Ok(false);
+        }
+        cur = Some(up);
+    }
+    Ok(false)
+}
+
 /// `d_type` for a mode.
 pub fn dtype_of(mode: u32) -> u8 {
     ((mode & libc::S_IFMT) >> 12) as u8
@@ -149,6 +169,18 @@ pub fn check_name(name: &OsStr) -> Result<()> {
         return Err(Errno::EINVAL);
     }
     Ok(())
+}
+
+/// Whether `name` is one directory entry's name, as a directory read
+/// gives it: what a name from anywhere but a directory read (a saved
+/// listing) must be before a lookup may use it.
+pub fn is_component(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::sys::NAME_MAX
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
 }
 
 #[cfg(test)]

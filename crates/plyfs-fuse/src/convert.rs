@@ -52,7 +52,11 @@ pub fn attr(st: &Stat) -> FileAttr {
         nlink: st.st_nlink as u32,
         uid: st.st_uid,
         gid: st.st_gid,
-        rdev: st.st_rdev as u32,
+        // FUSE carries the kernel's 32-bit encoding, which is the low half
+        // of glibc's for every number the kernel can have (major < 2^12,
+        // minor < 2^20). Anything else would alias another device when
+        // cut: none at all instead (the core refuses such values anyway).
+        rdev: u32::try_from(st.st_rdev).unwrap_or(0),
         blksize: st.st_blksize as u32,
         flags: 0,
     }

@@ -32,6 +32,9 @@ const FLAG_CPU_ENDIAN: u8 = if cfg!(target_endian = "big") {
 /// A decoded `ovl_fb`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct OriginFh {
+    /// As stored: the kernel names index entries by the handle's bytes,
+    /// flags included, so a decoded handle encodes to what it was.
+    pub flags: u8,
     pub uuid: [u8; 16],
     pub handle: FileHandle,
 }
@@ -42,7 +45,7 @@ impl OriginFh {
         v.push(VERSION);
         v.push(MAGIC);
         v.push((HEADER + self.handle.bytes.len()) as u8);
-        v.push(FLAG_CPU_ENDIAN);
+        v.push(self.flags);
         v.push(self.handle.handle_type as u8);
         v.extend_from_slice(&self.uuid);
         v.extend_from_slice(&self.handle.bytes);
@@ -68,6 +71,7 @@ impl OriginFh {
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&raw[5..HEADER]);
         Some(OriginFh {
+            flags,
             uuid,
             handle: FileHandle {
                 handle_type: ftype as i32,
@@ -153,7 +157,16 @@ impl Overlay {
             return Ok(());
         };
         if util::kind(st.st_mode) != found.kind {
-            return Ok(());
+            // The kernel decodes a directory only inside its layer (else
+            // the origin is none: ignored), and fails the lookup with
+            // ESTALE for an origin of another type ("invalid origin").
+            if let Real::Pinned { layer, fd } = &real
+                && util::is_dir(st.st_mode)
+                && !util::is_beneath(fd.as_fd(), self.layers.get(*layer).root.as_fd())?
+            {
+                return Ok(());
+            }
+            return Err(Errno::ESTALE);
         }
         if st.st_nlink > 1
             && let Some(ust) = &found.upper_stat
@@ -189,6 +202,7 @@ impl Overlay {
         };
         match h {
             Ok(handle) => Ok(Some(OriginFh {
+                flags: FLAG_CPU_ENDIAN,
                 uuid: layer.uuid.unwrap_or_default(),
                 handle,
             })),
@@ -225,6 +239,11 @@ mod tests {
         k[2] = 0x1d;
         k[1] = 0xfa;
         assert!(OriginFh::decode(&k).is_none());
+        // Decodable on any endianness: kept as it was (the index name is
+        // the stored bytes' hex).
+        k[1] = 0xfb;
+        k[3] = FLAG_ANY_ENDIAN;
+        assert_eq!(OriginFh::decode(&k).unwrap().encode(), k);
     }
 
     fn hex(s: &str) -> Vec<u8> {

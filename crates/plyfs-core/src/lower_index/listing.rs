@@ -155,14 +155,26 @@ impl LowerListing {
         lowers: impl Iterator<Item = (u16, BorrowedFd<'a>, bool)>,
         index: &LowerIndex,
     ) -> Result<LowerListing> {
-        let hasher = DefaultHashBuilder::default();
         let mut records: Vec<Arc<DirRecord>> = Vec::new();
+        for (layer, dir, marked) in lowers {
+            let rec = index.dir(layer, dir, marked)?;
+            let opaque = rec.oci_opaque;
+            records.push(rec);
+            if opaque {
+                break;
+            }
+        }
+        Ok(Self::merge(records))
+    }
+
+    /// The listing of lower directories whose records are `records`, top
+    /// first (none below an OCI-opaque one).
+    pub(crate) fn merge(records: Vec<Arc<DirRecord>>) -> LowerListing {
+        let hasher = DefaultHashBuilder::default();
         let mut table: HashTable<Slot> = HashTable::new();
         let mut xwhiteouts = false;
-        for (pos, (layer, dir, marked)) in lowers.enumerate() {
-            let rec = index.dir(layer, dir, marked)?;
+        for (pos, rec) in records.iter().enumerate() {
             let pos16 = u16::try_from(pos).unwrap_or(u16::MAX);
-            records.push(rec.clone());
             for (i, &(_, kind, _)) in rec.entries.iter().enumerate() {
                 if kind == KIND_XWHITEOUT {
                     xwhiteouts = true;
@@ -196,16 +208,13 @@ impl LowerListing {
                     }
                 }
             }
-            if rec.oci_opaque {
-                break;
-            }
         }
         table.shrink_to_fit(|s| hasher.hash_one(Self::name_of(&records, s)));
-        Ok(LowerListing {
+        LowerListing {
             records,
             table,
             hasher,
             xwhiteouts,
-        })
+        }
     }
 }

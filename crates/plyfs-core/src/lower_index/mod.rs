@@ -39,7 +39,7 @@ const KIND_XWHITEOUT: u8 = 0xfe;
 /// One lower directory's entries, compactly: a cached tree holds one
 /// record per lower directory, and every name of it once.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct DirRecord {
+pub(crate) struct DirRecord {
     layer: u16,
     dev: u64,
     ino: u64,
@@ -108,23 +108,23 @@ impl LowerIndex {
         let Ok(bytes) = std::fs::read(path) else {
             return index;
         };
-        match postcard::from_bytes::<IndexFile>(&bytes) {
-            Ok(f) if f.version == VERSION && f.layers == index.layers => {
+        match decode(&bytes, &index.layers) {
+            Ok(dirs) => {
                 debug!(
                     "lower index: {} directories from {}",
-                    f.dirs.len(),
+                    dirs.len(),
                     path.display()
                 );
-                for d in f.dirs {
+                for d in dirs {
                     index.dirs.insert((d.layer, d.dev, d.ino), Arc::new(d));
                 }
             }
-            Ok(_) => debug!(
+            Err(Unusable::OtherLayers) => debug!(
                 "lower index at {} is for other layers: rebuilding",
                 path.display()
             ),
-            Err(e) => warn!(
-                "lower index at {} unreadable ({e}): rebuilding",
+            Err(why) => warn!(
+                "lower index at {} unreadable ({why}): rebuilding",
                 path.display()
             ),
         }
@@ -216,5 +216,129 @@ impl LowerIndex {
 
     pub fn len(&self) -> usize {
         self.dirs.len()
+    }
+}
+
+/// Why a saved index is not used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Unusable {
+    #[error("{0}")]
+    Format(String),
+    #[error("saved by another version")]
+    Version,
+    #[error("for other layers")]
+    OtherLayers,
+    #[error("a record that no directory read could have made")]
+    Forged,
+}
+
+/// The records of a saved index for lower layers `layers`, all of them
+/// checked: the file lives in the work directory, which whoever owns the
+/// upper can write, so nothing in it is trusted. Its names are later
+/// looked up with `*at()` calls in the lowers, so a name that is not one
+/// single component (`..`, `a/b`, a NUL) would reach outside them; its
+/// offsets index its own name buffer. One bad record discards the file.
+pub(crate) fn decode(
+    bytes: &[u8],
+    layers: &[(u64, u64)],
+) -> std::result::Result<Vec<DirRecord>, Unusable> {
+    // postcard never allocates more than the input holds, whatever a
+    // length prefix claims (serde's `cautious` preallocation).
+    let f: IndexFile = postcard::from_bytes(bytes).map_err(|e| Unusable::Format(e.to_string()))?;
+    if f.version != VERSION {
+        return Err(Unusable::Version);
+    }
+    if f.layers != layers {
+        return Err(Unusable::OtherLayers);
+    }
+    if !f.dirs.iter().all(|d| d.is_sound(layers.len())) {
+        return Err(Unusable::Forged);
+    }
+    Ok(f.dirs)
+}
+
+/// A saved index of two small directories of a two-layer stack, as a
+/// mount writes it (a seed for the fuzz target).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn sample() -> Vec<u8> {
+    let rec = |layer, names: &[(&str, u8)]| {
+        let mut buf = Vec::new();
+        let mut entries = Vec::new();
+        for (i, (n, kind)) in names.iter().enumerate() {
+            buf.extend_from_slice(n.as_bytes());
+            entries.push((buf.len() as u32, *kind, 100 + i as u64));
+        }
+        DirRecord {
+            layer,
+            dev: 2049,
+            ino: 7,
+            mtime: (1, 2),
+            ctime: (3, 4),
+            oci_opaque: false,
+            names: buf,
+            entries,
+        }
+    };
+    let file = IndexFile {
+        version: VERSION,
+        layers: vec![(2049, 5), (2049, 6)],
+        dirs: vec![
+            rec(
+                0,
+                &[
+                    ("a", libc::DT_DIR),
+                    ("f", libc::DT_REG),
+                    ("w", KIND_WHITEOUT),
+                ],
+            ),
+            rec(
+                1,
+                &[
+                    ("a", libc::DT_DIR),
+                    ("w", libc::DT_LNK),
+                    ("x", KIND_XWHITEOUT),
+                ],
+            ),
+        ],
+    };
+    postcard::to_allocvec(&file).unwrap_or_default()
+}
+
+impl DirRecord {
+    /// Whether this record could come from reading a directory of one of
+    /// `nlayers` layers: every name one component, every offset inside
+    /// the name buffer and after the one before, every kind known.
+    fn is_sound(&self, nlayers: usize) -> bool {
+        if usize::from(self.layer) >= nlayers {
+            return false;
+        }
+        let mut start = 0usize;
+        for &(end, kind, _) in &self.entries {
+            let end = end as usize;
+            let Some(name) = self.names.get(start..end) else {
+                return false;
+            };
+            if !crate::util::is_component(name) {
+                return false;
+            }
+            let known = matches!(
+                kind,
+                KIND_WHITEOUT
+                    | KIND_XWHITEOUT
+                    | libc::DT_UNKNOWN
+                    | libc::DT_FIFO
+                    | libc::DT_CHR
+                    | libc::DT_DIR
+                    | libc::DT_BLK
+                    | libc::DT_REG
+                    | libc::DT_LNK
+                    | libc::DT_SOCK
+            );
+            if !known {
+                return false;
+            }
+            start = end;
+        }
+        start == self.names.len()
     }
 }

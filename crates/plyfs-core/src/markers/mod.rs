@@ -250,41 +250,53 @@ impl Markers {
         };
         let mut m = Markers::default();
         for attr in xattr::split_names(&list) {
-            let b = attr.as_bytes();
-            if let Some(ns) = OverrideNs::of_name(b) {
-                // Present is what marks a layer root; a value the daemon
-                // may not read (user.* needs read permission) is none.
-                let value = xattr::get_vec(dir, name, attr).ok().flatten();
-                m.overrides[ns as usize] = Some(value.and_then(|v| StatOverride::parse(&v)));
-                continue;
-            }
-            let trusted = b.starts_with(TRUSTED_PREFIX);
-            let suffix = if let Some(s) = b.strip_prefix(TRUSTED_PREFIX) {
-                s
-            } else if let Some(s) = b.strip_prefix(USER_PREFIX) {
-                s
-            } else {
-                continue;
-            };
-            let value =
-                || -> Result<Vec<u8>> { Ok(xattr::get_vec(dir, name, attr)?.unwrap_or_default()) };
-            // The trusted namespace wins when both carry one.
-            match suffix {
-                b"opaque" => match value()?.first() {
-                    Some(b'y') => m.opaque = true,
-                    Some(b'x') => m.xwhiteouts = true,
-                    _ => {}
-                },
-                b"redirect" if m.redirect.is_none() || trusted => m.redirect = Some(value()?),
-                b"origin" if m.origin.is_none() || trusted => m.origin = Some(value()?),
-                b"impure" => m.impure = value()?.first() == Some(&b'y'),
-                b"nlink" if m.nlink.is_none() || trusted => m.nlink = Nlink::parse(&value()?),
-                b"whiteout" => m.whiteout = true,
-                b"metacopy" => m.metacopy = true,
-                _ => {}
-            }
+            m.take(attr.as_bytes(), || xattr::get_vec(dir, name, attr))?;
         }
         Ok(m)
+    }
+
+    /// Takes in one attribute named `attr`, whose value `value` reads (not
+    /// at all for names that are no marker; `None`: gone meanwhile). Values
+    /// are read as the kernel reads them: the one-byte flags (`opaque`,
+    /// `impure`) count only when they are exactly that byte, as the kernel
+    /// reads them into a one-byte buffer (a longer value does not fit).
+    pub fn take(
+        &mut self,
+        attr: &[u8],
+        value: impl FnOnce() -> Result<Option<Vec<u8>>>,
+    ) -> Result<()> {
+        if let Some(ns) = OverrideNs::of_name(attr) {
+            // Present is what marks a layer root; a value the daemon
+            // may not read (user.* needs read permission) is none.
+            let v = value().ok().flatten();
+            self.overrides[ns as usize] = Some(v.and_then(|v| StatOverride::parse(&v)));
+            return Ok(());
+        }
+        let trusted = attr.starts_with(TRUSTED_PREFIX);
+        let suffix = if let Some(s) = attr.strip_prefix(TRUSTED_PREFIX) {
+            s
+        } else if let Some(s) = attr.strip_prefix(USER_PREFIX) {
+            s
+        } else {
+            return Ok(());
+        };
+        let value = || -> Result<Vec<u8>> { Ok(value()?.unwrap_or_default()) };
+        // The trusted namespace wins when both carry one.
+        match suffix {
+            b"opaque" => match value()?.as_slice() {
+                b"y" => self.opaque = true,
+                b"x" => self.xwhiteouts = true,
+                _ => {}
+            },
+            b"redirect" if self.redirect.is_none() || trusted => self.redirect = Some(value()?),
+            b"origin" if self.origin.is_none() || trusted => self.origin = Some(value()?),
+            b"impure" => self.impure = value()? == b"y",
+            b"nlink" if self.nlink.is_none() || trusted => self.nlink = Nlink::parse(&value()?),
+            b"whiteout" => self.whiteout = true,
+            b"metacopy" => self.metacopy = true,
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The first override-stat attribute present, in the order

@@ -81,8 +81,11 @@ impl StatOverride {
         // Tools written in C may store the terminating NUL.
         let s = std::str::from_utf8(raw).ok()?.trim_end_matches('\0');
         let mut fields = s.split(':');
-        let uid = decimal(fields.next()?)?;
-        let gid = decimal(fields.next()?)?;
+        // (uid_t)-1 is no owner (chown(2) reads it as "unchanged"): a
+        // value naming it is as unreadable as one that does not parse.
+        let id = |f: &str| decimal(f).filter(|&n| n != u32::MAX);
+        let uid = id(fields.next()?)?;
+        let gid = id(fields.next()?)?;
         let raw_mode = octal(fields.next()?)?;
         let typ = fields.next();
         if fields.next().is_some() {
@@ -207,8 +210,12 @@ fn parse_type(t: &str) -> Option<(u32, u64)> {
         "char" => libc::S_IFCHR,
         _ => return None,
     };
-    let maj = decimal(parts.next()?)?;
-    let min = decimal(parts.next()?)?;
+    // Only numbers the kernel's dev_t holds (a 12-bit major, a 20-bit
+    // minor): the kernel gets a device number in 32 bits (FUSE's `rdev`,
+    // mknod's), and a larger one cut to fit would name another device
+    // (major 4097 is major 1: /dev/mem).
+    let maj = decimal(parts.next()?).filter(|&m| m < 1 << 12)?;
+    let min = decimal(parts.next()?).filter(|&m| m < 1 << 20)?;
     Some((kind, libc::makedev(maj, min)))
 }
 
@@ -334,6 +341,14 @@ mod tests {
             b"-1:2:0644:file",
             b"1:2:100644:file",
             b"4294967296:0:0644:file",
+            b"4294967295:0:0644:file",
+            b"0:4294967295:0644:file",
+            b"+1:2:0644:file",
+            b"1:2:0o644:file",
+            b"1:2:07777777777777:file",
+            b"1:2:0644:char-4097-1",
+            b"1:2:0644:block-1-1048576",
+            b"1:2:0644:char-4294967295-4294967295",
             b"1:2:0644:file:extra",
             b"1:2:170644",
         ] {

@@ -14,25 +14,37 @@ pub(crate) enum Redirect {
 }
 
 impl Redirect {
-    /// Checks a redirect the way the kernel does, and refuses `.`/`..`
-    /// components, which the kernel refuses at lookup: a redirect must
-    /// never lead outside the layers.
+    /// Reads a redirect the way the kernel does (`ovl_get_redirect_xattr`
+    /// and the lookups that follow it), so that a forged value gives the
+    /// kernel's answer: the value is a C string (it ends at a NUL); an
+    /// empty one, an absolute one with an empty component (`/`, `//a`,
+    /// `/a/`) and a relative one holding a `/` are EINVAL; a `.` or `..`
+    /// component, or an empty name, is EACCES (the kernel's lookup of one
+    /// refuses it: a redirect never leads out of, or up within, a layer).
+    /// Neither the length nor the number of components is limited, as in
+    /// the kernel: a component too long for a name is simply found in no
+    /// layer, and a walk ends at the first component a layer lacks.
     pub fn parse(raw: &[u8]) -> Result<Redirect> {
-        if raw.is_empty() || raw.len() >= libc::PATH_MAX as usize || raw.contains(&0) {
+        if raw.is_empty() {
             return Err(Errno::EINVAL);
         }
-        let ok = |c: &[u8]| !c.is_empty() && c != b"." && c != b".." && c.len() <= 255;
-        if raw[0] == b'/' {
-            let comps: Vec<Vec<u8>> = raw[1..].split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
-            if comps.iter().all(|c| ok(c)) {
-                return Ok(Redirect::Absolute(comps));
+        let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
+        let lookup_refuses = |c: &[u8]| c.is_empty() || c == b"." || c == b"..";
+        if let Some(rest) = raw.strip_prefix(b"/") {
+            let comps: Vec<Vec<u8>> = rest.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+            if comps.iter().any(Vec::is_empty) {
+                return Err(Errno::EINVAL);
             }
-            // "/" alone would redirect to a layer root, which no rename makes.
+            if comps.iter().any(|c| lookup_refuses(c)) {
+                return Err(Errno::EACCES);
+            }
+            Ok(Redirect::Absolute(comps))
+        } else if raw.contains(&b'/') {
             Err(Errno::EINVAL)
-        } else if !raw.contains(&b'/') && ok(raw) {
-            Ok(Redirect::Relative(raw.to_vec()))
+        } else if lookup_refuses(raw) {
+            Err(Errno::EACCES)
         } else {
-            Err(Errno::EINVAL)
+            Ok(Redirect::Relative(raw.to_vec()))
         }
     }
 
@@ -68,22 +80,37 @@ pub(crate) struct Nlink {
 }
 
 impl Nlink {
+    /// Reads a stored count as the kernel's `ovl_get_nlink` does: at most
+    /// 12 bytes (a longer value does not fit its buffer), a C string, `L`
+    /// or `U`, a sign, then an `int` in decimal as `kstrtoint` reads it
+    /// (one trailing newline allowed). `None` for anything else: the
+    /// kernel then falls back to the real count, and so do readers here.
     pub fn parse(raw: &[u8]) -> Option<Nlink> {
+        if raw.len() > 12 {
+            return None;
+        }
+        let raw = raw.split(|&b| b == 0).next()?;
         let base = match raw.first()? {
             b'L' => NlinkBase::Lower,
             b'U' => NlinkBase::Upper,
             _ => return None,
         };
-        let rest = std::str::from_utf8(&raw[1..]).ok()?.trim_end_matches('\0');
-        if !rest.starts_with(['+', '-']) {
+        let rest = raw.get(1..)?;
+        let rest = rest.strip_suffix(b"\n").unwrap_or(rest);
+        let (negative, digits) = match rest.split_first()? {
+            (b'+', d) => (false, d),
+            (b'-', d) => (true, d),
+            _ => return None,
+        };
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return None;
         }
+        // At most 10 digits fit in 12 bytes: no overflow in an i64.
+        let magnitude: i64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        let diff = if negative { -magnitude } else { magnitude };
         // The kernel reads it as an int.
-        let diff: i32 = rest.parse().ok()?;
-        Some(Nlink {
-            base,
-            diff: i64::from(diff),
-        })
+        i32::try_from(diff).ok()?;
+        Some(Nlink { base, diff })
     }
 
     pub fn format(&self) -> Vec<u8> {
@@ -104,7 +131,8 @@ impl Nlink {
             NlinkBase::Upper => upper,
         };
         let n = i64::try_from(basis).ok()?.checked_add(self.diff)?;
-        (0..=i64::from(u32::MAX)).contains(&n).then_some(n as u64)
+        // The kernel adds in an int: a sum past i32::MAX is corrupt.
+        (0..=i64::from(i32::MAX)).contains(&n).then_some(n as u64)
     }
 
     /// The value that makes the union's count `union` while the upper
@@ -135,23 +163,44 @@ mod tests {
             Redirect::parse(b"/a/b").unwrap(),
             Redirect::Absolute(vec![b"a".to_vec(), b"b".to_vec()])
         );
-        for bad in [
-            &b""[..],
-            b"/",
-            b"//a",
-            b"/a//b",
-            b"/a/",
-            b"a/b",
-            b"..",
-            b"/a/../b",
-            b"/./a",
+        // As the kernel answers: EINVAL for what it calls an invalid
+        // redirect, EACCES for a name its lookup refuses.
+        for (bad, errno) in [
+            (&b""[..], Errno::EINVAL),
+            (b"/", Errno::EINVAL),
+            (b"//a", Errno::EINVAL),
+            (b"/a//b", Errno::EINVAL),
+            (b"/a/", Errno::EINVAL),
+            (b"a/b", Errno::EINVAL),
+            (b"..", Errno::EACCES),
+            (b".", Errno::EACCES),
+            (b"/a/../b", Errno::EACCES),
+            (b"/./a", Errno::EACCES),
+            (b"/../../etc", Errno::EACCES),
+            (b"\0a", Errno::EACCES),
         ] {
-            assert!(
-                Redirect::parse(bad).is_err(),
+            assert_eq!(
+                Redirect::parse(bad),
+                Err(errno),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
         }
+        // A C string: what follows a NUL is not part of it.
+        assert_eq!(
+            Redirect::parse(b"/e\0/../x").unwrap(),
+            Redirect::Absolute(vec![b"e".to_vec()])
+        );
+        assert_eq!(
+            Redirect::parse(b"d\0").unwrap(),
+            Redirect::Relative(b"d".to_vec())
+        );
+        // No limit on length or depth, nor on a component's length (such
+        // a name is in no layer).
+        let deep: Vec<u8> = b"/a".repeat(10_000);
+        assert!(matches!(Redirect::parse(&deep), Ok(Redirect::Absolute(c)) if c.len() == 10_000));
+        let long = [b"/".to_vec(), vec![b'b'; 300]].concat();
+        assert!(Redirect::parse(&long).is_ok());
         assert_eq!(Redirect::absolute(&[b"x".to_vec(), b"y".to_vec()]), b"/x/y");
     }
 
@@ -162,6 +211,25 @@ mod tests {
         assert_eq!(Nlink::parse(b"L-2"), n(NlinkBase::Lower, -2));
         assert_eq!(Nlink::parse(b"X+1"), None);
         assert_eq!(Nlink::parse(b"U1"), None);
+        // The kernel's kstrtoint: a NUL ends the value, one newline may.
+        assert_eq!(Nlink::parse(b"U+3\0junk"), n(NlinkBase::Upper, 3));
+        assert_eq!(Nlink::parse(b"L-1\n"), n(NlinkBase::Lower, -1));
+        for bad in [
+            &b"L+9223372036854775807"[..],
+            b"L+000000000001",
+            b"L++1",
+            b"L+-1",
+            b"L-+1",
+            b"L+",
+            b"L+ 1",
+            b"L+1\n\n",
+            b"L+0x10",
+            b"L",
+            b"",
+            b"\0L+1",
+        ] {
+            assert_eq!(Nlink::parse(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
         let upper = |diff| Nlink {
             base: NlinkBase::Upper,
             diff,
@@ -185,7 +253,8 @@ mod tests {
         let max = Nlink::parse(b"U+2147483647").unwrap();
         assert_eq!(max.union_count(1, u64::MAX), None);
         assert_eq!(max.union_count(1, u32::MAX as u64), None);
-        assert_eq!(max.union_count(1, 1), Some(2147483648));
+        assert_eq!(max.union_count(1, 1), None);
+        assert_eq!(max.union_count(1, 0), Some(2147483647));
         let min = Nlink::parse(b"L-2147483648").unwrap();
         assert_eq!(min.union_count(1, 1), None);
         assert_eq!(Nlink::parse(b"L-1").unwrap().union_count(1, 5), Some(0));
