@@ -124,7 +124,7 @@ impl Overlay {
             }
         }
         if let Some(mode) = set.mode.filter(|_| !kept) {
-            if node.kind == libc::S_IFLNK {
+            if node.kind() == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
             }
             match upper.at() {
@@ -136,7 +136,7 @@ impl Overlay {
             match file.filter(|f| f.on_upper() && f.flags() & libc::O_ACCMODE != libc::O_RDONLY) {
                 Some(f) => f.with_fd(|fd| fs::ftruncate(fd, size))?,
                 None => {
-                    if node.kind != libc::S_IFREG {
+                    if node.kind() != libc::S_IFREG {
                         return Err(Errno::EINVAL);
                     }
                     match upper.at() {
@@ -175,7 +175,7 @@ impl Overlay {
     }
 
     fn kill_privs_of(&self, node: &std::sync::Arc<Node>, caller: &Caller) -> Result<()> {
-        if caller.uid == 0 || node.kind != libc::S_IFREG {
+        if caller.uid == 0 || node.kind() != libc::S_IFREG {
             return Ok(());
         }
         let st = self.node_attr(node)?;

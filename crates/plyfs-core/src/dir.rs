@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tracing::debug;
 
 use crate::error::{Errno, Result};
+use crate::inode::Name;
 use crate::inode::{Found, Ino, Node, NodeState, Real};
 use crate::lower_index::EntryKind;
 use crate::markers::{self, StatOverride, UpperSlot};
@@ -297,7 +298,7 @@ impl Overlay {
             Real::At {
                 layer: 0,
                 dir: udir.clone(),
-                name: Arc::from(name),
+                name: Name::from(name),
             }
         };
         let found = Found {
@@ -321,7 +322,7 @@ impl Overlay {
         let attr = self.node_attr(&node)?;
         Ok(Entry {
             ino: node.ino,
-            generation: node.generation,
+            generation: node.generation(),
             attr,
         })
     }
@@ -370,7 +371,7 @@ impl Overlay {
         let attr = self.node_attr(&node)?;
         Ok(Entry {
             ino: node.ino,
-            generation: node.generation,
+            generation: node.generation(),
             attr,
         })
     }

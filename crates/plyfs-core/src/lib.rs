@@ -178,7 +178,7 @@ impl Overlay {
             libc::S_IFDIR,
             NodeState::from_found(
                 ROOT_INO,
-                Arc::from(OsStr::new("")),
+                inode::Name::from(OsStr::new("")),
                 &Found {
                     kind: libc::S_IFDIR,
                     upper,
@@ -287,7 +287,7 @@ impl Overlay {
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        if node.kind != libc::S_IFLNK {
+        if node.kind() != libc::S_IFLNK {
             return Err(Errno::EINVAL);
         }
         let s = node.state.read();
