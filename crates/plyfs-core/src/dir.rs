@@ -433,7 +433,7 @@ impl Overlay {
         {
             let mut s = node.state.write();
             if is_dir || !s.indexed {
-                s.unlinked = is_dir || self.real_nlink(&s) == 0;
+                s.unlinked = is_dir || self.no_name_left(&s);
             }
         }
         pnode.bump_version();
@@ -455,6 +455,18 @@ impl Overlay {
     }
 
     /// Link count of the real object behind a node.
+    /// Whether a non-directory that just lost a name has none left in the
+    /// union: an upper object when its last link is gone; a lower one,
+    /// whose links stay in its layer, unless it is a hard link that
+    /// another name may still show.
+    pub(crate) fn no_name_left(&self, s: &NodeState) -> bool {
+        if s.upper.is_some() {
+            self.real_nlink(s) == 0
+        } else {
+            s.lower_nlink <= 1
+        }
+    }
+
     pub(crate) fn real_nlink(&self, s: &NodeState) -> u64 {
         s.real()
             .and_then(|r| r.stat().ok())

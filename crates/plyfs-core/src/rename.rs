@@ -174,7 +174,7 @@ impl Overlay {
             } else {
                 self.nlink_end(n)?;
                 let mut s = n.state.write();
-                s.unlinked = n.is_dir() || (!s.indexed && self.real_nlink(&s) == 0);
+                s.unlinked = n.is_dir() || (!s.indexed && self.no_name_left(&s));
             }
         }
         for p in [&pold, &pnew] {
