@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use crate::config::{Config, OverrideStat};
 use crate::error::{Errno, SetupError};
 use crate::markers::{self, Markers, OverrideNs, StatOverride};
-use crate::sys::{fs, handle, process};
+use crate::sys::{fs, handle, process, xattr};
 use crate::util;
 
 /// Index of a layer in [`Layers::all`]; the upper, when there is one, is 0.
@@ -522,6 +522,17 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
         Ok(Arc::new(fd))
     };
     let work = sub("work")?;
+    // Nothing built in work/ may take an ACL from it: a default ACL there
+    // would be inherited by every copy-up and every object made over a
+    // whiteout. The kernel's overlayfs removes both at mount too.
+    for acl in [crate::acl::DEFAULT_XATTR, crate::acl::ACCESS_XATTR] {
+        match xattr::remove(work.as_fd(), OsStr::new("."), OsStr::new(acl)) {
+            Err(e) if e != Errno::ENODATA && e != Errno::EOPNOTSUPP => {
+                warn!("cannot remove {acl} from {}/work: {e}", path.display());
+            }
+            _ => {}
+        }
+    }
     // Whatever a crashed mount left in work/ was never visible: drop it.
     let mut leftovers = 0usize;
     let names = fs::list_names(work.as_fd()).map_err(werr("cannot read work directory"))?;
