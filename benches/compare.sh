@@ -3,7 +3,7 @@
 # 1.x build and the 2.0 Rust rewrite) on the same layers in the same run,
 # with the shared comparison harness, and prints medians and ratios.
 #
-#   benches/compare.sh            # full run (~1 h on 2 cores)
+#   benches/compare.sh            # full run (~1.5 h on 2 cores)
 #   QUICK=1 benches/compare.sh    # smoke test (~5 min)
 #
 # Needs root. BENCH_SH points at the harness (default: ../shared/bench/bench.sh
@@ -29,6 +29,12 @@ fi
 cargo build --release --manifest-path "$here/Cargo.toml" --quiet
 plyfs=$here/target/release/plyfs
 
-export MOUNT_plyfs="$plyfs -o lowerdir={lowers},upperdir={upper},workdir={work} {mnt}"
-export MOUNT_fovl2="$peers/bin/fuse-overlayfs -o lowerdir={lowers},upperdir={upper},workdir={work} {mnt}"
-exec "$BENCH_SH" kovl fovl gen:fovl2 gen:plyfs
+# Both data paths of each FUSE implementation: passthrough (root), and
+# file data through the daemon (-np: every rootless mount; plyfs then uses
+# the writeback cache).
+o="lowerdir={lowers},upperdir={upper},workdir={work}"
+export MOUNT_plyfs="$plyfs -o $o {mnt}"
+export MOUNT_plyfsnp="$plyfs -o $o,passthrough=0 {mnt}"
+export MOUNT_fovl2="$peers/bin/fuse-overlayfs -o $o {mnt}"
+export MOUNT_fovl2np="FUSE_OVERLAYFS_NO_PASSTHROUGH=1 $peers/bin/fuse-overlayfs -o $o {mnt}"
+exec "$BENCH_SH" kovl fovl gen:fovl2 gen:fovl2np gen:plyfs gen:plyfsnp

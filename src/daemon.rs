@@ -122,6 +122,9 @@ pub fn run(req: MountRequest, mountpoint: &Path, foreground: bool) -> Result<(),
     check_fuse_device()?;
     // Objects are created with exactly the modes asked for.
     sysfs::umask(0);
+    // Two arenas: the cached tree's memory per inode is the figure that
+    // matters, and the workers mostly wait on the kernel, not on malloc.
+    process::limit_heap_arenas(2);
     let limit = sysfs::raise_nofile_limit();
     debug!("open file limit {limit}");
     let overlay = Arc::new(Overlay::new(req.config.clone()).map_err(|e| Failure(e.to_string()))?);

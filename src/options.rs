@@ -156,7 +156,6 @@ const ACCEPTED: &[&str] = &[
     "private",
     "shared",
     "slave",
-    "noacl",
     "xino",
     "redirect_dir",
     "index",
@@ -262,6 +261,9 @@ pub fn parse(args: &[String], defaults: Defaults) -> Result<MountRequest, Option
                     }
                 }
                 "noxattrs" => r.config.no_xattrs = switch(key, need()?)?,
+                // fuse-overlayfs's: no POSIX ACL semantics (the kernel's
+                // overlayfs has no such option: it always has them).
+                "noacl" => r.config.no_acl = true,
                 "static_nlink" => r.config.static_nlink = true,
                 "ino32_t" => r.config.ino32 = true,
                 k if LABELS.contains(&k) => {
@@ -417,6 +419,8 @@ mod tests {
         assert_eq!(r.fuse.ids.gids.squash, Some(7));
         assert_eq!(r.config.override_stat, Some(OverrideStat::User));
         assert!(r.config.no_xattrs && r.config.static_nlink && r.config.ino32);
+        assert!(r.config.no_acl);
+        assert!(!p("lowerdir=/a").unwrap().config.no_acl, "ACLs by default");
         assert!(matches!(
             p("lowerdir=/a,uidmapping=0:1").unwrap_err(),
             OptionError::BadValue { .. }

@@ -126,6 +126,9 @@ fn usage(pid: u32) -> (usize, u64) {
     (fds, rss)
 }
 
+/// Held while a test measures what the kernel keeps cached.
+static CACHES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn drop_caches() {
     let _ = Command::new("sync").status();
     std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches");
@@ -295,7 +298,10 @@ fn load(passthrough: bool) {
         "memory grew: {warm:?} warm, {end:?} at the end"
     );
     // The inode table: a walk caches 20,000 more, and the kernel's
-    // forgetting them gives back their descriptors and memory.
+    // forgetting them gives back their descriptors and memory. Another
+    // test's drop_caches in the middle would empty the walked cache: one
+    // at a time.
+    let _only = CACHES.lock().unwrap_or_else(|e| e.into_inner());
     drop_caches();
     let before_walk = usage(pid);
     let n = walkdir_count(&ply.mnt.join("tree"));

@@ -454,3 +454,42 @@ fn special_files_and_their_other_names() {
     t.assert_same_tree();
     t.assert_kernel_reads_plyfs_upper();
 }
+
+/// With the writeback cache the kernel sends the times of an inode a
+/// rename just replaced; a lower file replaced so (every package upgrade)
+/// is not copied up for them: its copy would be thrown away at once.
+#[test]
+fn a_lower_file_replaced_by_a_rename_is_not_copied_up() {
+    if !require_mount_privileges() {
+        return;
+    }
+    for extra in ["", ",passthrough=0"] {
+        let s = Scratch::new();
+        LayerBuilder::new(s.path("l")).file("d/lib.so", "old version");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}{extra},debug",
+            s.path("l").display(),
+            s.mkdir("upper").display(),
+            s.mkdir("work").display()
+        );
+        let m = PlyfsMount::new(&opts, &s.path("mnt"));
+        let (tmp, target) = (m.mnt.join("d/lib.so.dpkg-new"), m.mnt.join("d/lib.so"));
+        {
+            let mut f = std::fs::File::create(&tmp).unwrap();
+            std::io::Write::write_all(&mut f, b"new version").unwrap();
+            f.sync_all().unwrap();
+        }
+        std::fs::rename(&tmp, &target).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new version");
+        let log = m.unmount();
+        let copies: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("copy-up") && l.contains("lib.so"))
+            .collect();
+        assert!(copies.is_empty(), "{extra}: {copies:?}");
+        assert!(
+            log.contains("copy-up"),
+            "{extra}: the log shows copy-ups: {log}"
+        );
+    }
+}

@@ -26,6 +26,14 @@ pub struct SetAttr {
 }
 
 impl SetAttr {
+    fn only_times(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.kill_privs.is_none()
+    }
+
     fn is_empty(&self) -> bool {
         self.mode.is_none()
             && self.uid.is_none()
@@ -107,6 +115,12 @@ impl Overlay {
             return self.touch_ctime(&node);
         }
         self.check_writable()?;
+        if set.only_times() && {
+            let s = node.state.read();
+            s.unlinked && s.upper.is_none()
+        } {
+            return self.times_of_gone(&node, set);
+        }
         if set.size.is_some() && node.is_dir() {
             return Err(Errno::EISDIR);
         }
@@ -127,7 +141,7 @@ impl Overlay {
             }
         }
         if let Some(mode) = set.mode.filter(|_| !kept) {
-            if node.kind == libc::S_IFLNK {
+            if node.kind() == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
             }
             match upper.at() {
@@ -139,7 +153,7 @@ impl Overlay {
             match file.filter(|f| f.on_upper() && f.flags() & libc::O_ACCMODE != libc::O_RDONLY) {
                 Some(f) => f.with_fd(|fd| fs::ftruncate(fd, size))?,
                 None => {
-                    if node.kind != libc::S_IFREG {
+                    if node.kind() != libc::S_IFREG {
                         return Err(Errno::EINVAL);
                     }
                     match upper.at() {
@@ -167,6 +181,31 @@ impl Overlay {
         self.node_attr(&node)
     }
 
+    /// New times for a lower object that has left the union. With the
+    /// writeback cache the kernel flushes the times of an inode a rename
+    /// or unlink just replaced (its change time moved): copying it up would
+    /// copy a whole file no name reaches, only to throw it away. Its times
+    /// are only seen through descriptors still open, and the kernel keeps
+    /// those itself; the reply carries them.
+    fn times_of_gone(&self, node: &Node, set: &SetAttr) -> Result<Stat> {
+        let mut st = self.node_attr(node)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let resolve = |t: SetTime, old: (i64, i64)| match t {
+            SetTime::Omit => old,
+            SetTime::Now => (now.as_secs() as i64, i64::from(now.subsec_nanos())),
+            SetTime::At { sec, nsec } => (sec, nsec),
+        };
+        if let Some(a) = set.atime {
+            (st.st_atime, st.st_atime_nsec) = resolve(a, (st.st_atime, st.st_atime_nsec));
+        }
+        if let Some(m) = set.mtime {
+            (st.st_mtime, st.st_mtime_nsec) = resolve(m, (st.st_mtime, st.st_mtime_nsec));
+        }
+        Ok(st)
+    }
+
     /// Kills the set-ID bits and file capabilities a write by `caller`
     /// kills, as the kernel's VFS does: set-user-ID always, set-group-ID
     /// where the group may execute or the caller is not in the file's
@@ -178,7 +217,7 @@ impl Overlay {
     }
 
     fn kill_privs_of(&self, node: &std::sync::Arc<Node>, caller: &Caller) -> Result<()> {
-        if caller.uid == 0 || node.kind != libc::S_IFREG {
+        if caller.uid == 0 || node.kind() != libc::S_IFREG {
             return Ok(());
         }
         let st = self.node_attr(node)?;

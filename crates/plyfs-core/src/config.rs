@@ -28,6 +28,10 @@ pub struct Config {
     pub override_stat: Option<OverrideStat>,
     /// No extended attributes through the mount (`noxattrs=1`).
     pub no_xattrs: bool,
+    /// No POSIX ACL semantics (`noacl`): the ACL attributes are stored and
+    /// read as any attribute, nothing inherits them and the kernel checks
+    /// permissions by the mode alone.
+    pub no_acl: bool,
     /// Directories report a link count of 1 (`static_nlink`).
     pub static_nlink: bool,
     /// Inode numbers fit in 32 bits, for 32-bit programs (`ino32_t`).
@@ -59,6 +63,12 @@ pub enum OverrideStat {
 impl Config {
     pub fn writable(&self) -> bool {
         self.upper.is_some() && !self.read_only
+    }
+
+    /// Whether the union has POSIX ACLs: enforced by the kernel, kept in
+    /// step with modes, inherited (not `noacl`, nor `noxattrs`).
+    pub fn posix_acls(&self) -> bool {
+        !self.no_acl && !self.no_xattrs
     }
 
     /// Flags for opening an upper file for I/O: O_NOATIME in a noatime

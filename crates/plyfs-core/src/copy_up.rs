@@ -12,6 +12,7 @@ use tracing::debug;
 
 use crate::Overlay;
 use crate::error::{Errno, Result};
+use crate::inode::Name;
 use crate::inode::{Node, NodeState, ROOT_INO, Real};
 use crate::markers::{self, StatOverride};
 use crate::sys::fs::{self, SetTime, Stat};
@@ -91,7 +92,7 @@ impl Overlay {
         if state.upper.is_some() {
             return Ok(());
         }
-        state.name = Arc::from(name);
+        state.name = Name::from(name);
         let pstate = parent.state.read().clone();
         let udir = pstate.upper_dir().ok_or(Errno::EIO)?.clone();
         let lower = state.lowers.first().ok_or(Errno::EIO)?.clone();
@@ -123,7 +124,7 @@ impl Overlay {
                 &lower,
                 (!meta).then_some(&data),
                 &lst,
-                node.kind,
+                node.kind(),
                 state.lower_ovr(),
             )
             .and_then(|ovr| {

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use tracing::debug;
 
+use crate::acl::NewAcls;
 use crate::error::{Errno, Result};
+use crate::inode::Name;
 use crate::inode::{Found, Ino, Node, NodeState, Real};
 use crate::lower_index::EntryKind;
 use crate::markers::{self, StatOverride, UpperSlot};
@@ -122,6 +124,8 @@ impl Overlay {
         {
             perm &= !libc::S_ISGID;
         }
+        // The parent's default ACL, or the umask, as the VFS applies them.
+        let (perm, acls) = self.creation_acls(udir.as_fd(), kind, perm, caller.umask)?;
         let owner = self.new_owner(kind, perm, rdev, caller.uid, gid);
         let slot = markers::upper_slot(udir.as_fd(), name)?;
         if matches!(slot, UpperSlot::Dir | UpperSlot::Other) {
@@ -134,7 +138,8 @@ impl Overlay {
         // is made right in its upper directory, as the kernel makes it
         // (and where its inode is allocated near its siblings).
         if slot == UpperSlot::Empty && !(kind == libc::S_IFDIR && over_whiteout) {
-            let kept = self.create_in_place(udir.as_fd(), name, kind, rdev, target, &owner)?;
+            let kept =
+                self.create_in_place(udir.as_fd(), name, kind, rdev, target, &owner, &acls)?;
             if over_oci {
                 let _ = self.markers().clear_whiteout(udir.as_fd(), name);
             }
@@ -157,6 +162,7 @@ impl Overlay {
                 _ => self.make_special(work.as_fd(), &tmp, kind, 0o600, rdev)?,
             }
             let kept = self.apply_owner(work.as_fd(), &tmp, kind, &owner)?;
+            self.set_new_acls(work.as_fd(), &tmp, owner.perm, &acls)?;
             // A directory made where a name was deleted must not show the
             // lower directory that was deleted.
             if kind == libc::S_IFDIR && over_whiteout {
@@ -188,10 +194,15 @@ impl Overlay {
         Ok(entry)
     }
 
-    /// Makes `name` in upper directory `udir` with its owner and mode;
-    /// returns whether an override was stored. A regular file is built
-    /// unnamed (O_TMPFILE) and linked in whole; other objects that need a
-    /// chown appear with no permissions until they have their owner.
+    /// Makes `name` in upper directory `udir` with its owner, mode and
+    /// inherited ACLs; returns whether an override was stored. A regular
+    /// file is built unnamed (O_TMPFILE) and linked in whole; other objects
+    /// that need a chown appear with no permissions until they have their
+    /// owner. The upper's filesystem gives the object `udir`'s default ACL
+    /// itself, as the kernel's overlayfs relies on it to: `udir` is the
+    /// union directory's upper, so that ACL is the union's. Only where the
+    /// real mode is not the one shown (an override) is it set again.
+    #[allow(clippy::too_many_arguments)]
     fn create_in_place(
         &self,
         udir: BorrowedFd<'_>,
@@ -200,6 +211,7 @@ impl Overlay {
         rdev: u64,
         target: Option<&OsStr>,
         owner: &NewOwner,
+        acls: &NewAcls,
     ) -> Result<bool> {
         // Root's objects need no chown, so no chmod after it either.
         let chown = owner.chown.filter(|&ids| ids != (0, 0));
@@ -220,6 +232,9 @@ impl Overlay {
                         Some(o) => self.markers().set_override(fd.as_fd(), OsStr::new(""), o)?,
                         None => false,
                     };
+                    if owner.ovr.is_some() {
+                        self.set_new_acls(fd.as_fd(), OsStr::new(""), owner.perm, acls)?;
+                    }
                     fs::linkat_fd(fd.as_fd(), udir, name)?;
                     return Ok(kept);
                 }
@@ -239,10 +254,17 @@ impl Overlay {
             libc::S_IFLNK => fs::symlinkat(target.ok_or(Errno::EINVAL)?, udir, name)?,
             _ => self.make_special(udir, name, kind, first_mode, rdev)?,
         }
-        if chown.is_none() && owner.ovr.is_none() {
-            return Ok(false);
-        }
-        let finish = self.apply_owner(udir, name, kind, &NewOwner { chown, ..*owner });
+        let finish = (|| {
+            let kept = if chown.is_none() && owner.ovr.is_none() {
+                false
+            } else {
+                self.apply_owner(udir, name, kind, &NewOwner { chown, ..*owner })?
+            };
+            if owner.ovr.is_some() {
+                self.set_new_acls(udir, name, owner.perm, acls)?;
+            }
+            Ok(kept)
+        })();
         if finish.is_err() {
             let _ = fs::unlinkat(udir, name, kind == libc::S_IFDIR);
         }
@@ -297,7 +319,7 @@ impl Overlay {
             Real::At {
                 layer: 0,
                 dir: udir.clone(),
-                name: Arc::from(name),
+                name: Name::from(name),
             }
         };
         let found = Found {
@@ -321,7 +343,7 @@ impl Overlay {
         let attr = self.node_attr(&node)?;
         Ok(Entry {
             ino: node.ino,
-            generation: node.generation,
+            generation: node.generation(),
             attr,
         })
     }
@@ -370,7 +392,7 @@ impl Overlay {
         let attr = self.node_attr(&node)?;
         Ok(Entry {
             ino: node.ino,
-            generation: node.generation,
+            generation: node.generation(),
             attr,
         })
     }
@@ -432,7 +454,7 @@ impl Overlay {
         {
             let mut s = node.state.write();
             if is_dir || !s.indexed {
-                s.unlinked = is_dir || self.real_nlink(&s) == 0;
+                s.unlinked = is_dir || self.no_name_left(&s);
             }
         }
         pnode.bump_version();
@@ -454,6 +476,18 @@ impl Overlay {
     }
 
     /// Link count of the real object behind a node.
+    /// Whether a non-directory that just lost a name has none left in the
+    /// union: an upper object when its last link is gone; a lower one,
+    /// whose links stay in its layer, unless it is a hard link that
+    /// another name may still show.
+    pub(crate) fn no_name_left(&self, s: &NodeState) -> bool {
+        if s.upper.is_some() {
+            self.real_nlink(s) == 0
+        } else {
+            s.lower_nlink <= 1
+        }
+    }
+
     pub(crate) fn real_nlink(&self, s: &NodeState) -> u64 {
         s.real()
             .and_then(|r| r.stat().ok())

@@ -40,7 +40,7 @@ impl Overlay {
     /// Runs `f` on the object the union shows for `ino`, opened.
     fn with_shown<T>(&self, ino: Ino, f: impl FnOnce(BorrowedFd<'_>) -> Result<T>) -> Result<T> {
         let node = self.node(ino)?;
-        check_kind(node.kind)?;
+        check_kind(node.kind())?;
         let real = node.state.read().real().cloned().ok_or(Errno::ESTALE)?;
         let fd = real.open(FLAGS_OPEN)?;
         f(fd.as_fd())
@@ -50,7 +50,7 @@ impl Overlay {
     fn with_upper(&self, ino: Ino, f: impl FnOnce(BorrowedFd<'_>) -> Result<()>) -> Result<()> {
         self.check_writable()?;
         let node = self.node(ino)?;
-        check_kind(node.kind)?;
+        check_kind(node.kind())?;
         self.copy_up(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let fd = upper.open(FLAGS_OPEN)?;

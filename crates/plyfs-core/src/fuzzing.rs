@@ -174,7 +174,7 @@ pub fn lower_index(data: &[u8]) {
         return;
     };
     let records: Vec<_> = records.into_iter().map(Arc::new).collect();
-    let listing = LowerListing::merge(records);
+    let listing = LowerListing::from_records(records);
     for (name, hit) in listing.visible() {
         assert!(crate::util::is_component(name.as_bytes()));
         assert!(listing.first_hit(name, hit.pos).is_some());

@@ -13,6 +13,7 @@ use tracing::debug;
 
 use crate::Overlay;
 use crate::error::{Errno, Result};
+use crate::inode::Name;
 use crate::inode::origin::OriginFh;
 use crate::inode::{Found, Node, NodeState, Real};
 use crate::markers::{Markers, Nlink, NlinkBase};
@@ -117,7 +118,7 @@ impl Overlay {
         let upper = Real::At {
             layer: 0,
             dir: work.index.clone(),
-            name: Arc::from(iname.as_os_str()),
+            name: Name::from(iname.as_os_str()),
         };
         found.upper_ovr = self.read_ovr(&upper)?;
         found.upper = Some(upper);
@@ -145,7 +146,7 @@ impl Overlay {
         let upper = Real::At {
             layer: 0,
             dir: work.index.clone(),
-            name: Arc::from(iname),
+            name: Name::from(iname),
         };
         let mut upper_ovr = None;
         if fs::fstatat(work.index.as_fd(), iname).is_err() {
@@ -159,7 +160,7 @@ impl Overlay {
                     &lower,
                     Some(state.data().unwrap_or(&lower)),
                     &lst,
-                    node.kind,
+                    node.kind(),
                     state.lower_ovr(),
                 )
                 .and_then(|ovr| {

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use crate::config::{Config, OverrideStat};
 use crate::error::{Errno, SetupError};
 use crate::markers::{self, Markers, OverrideNs, StatOverride};
-use crate::sys::{fs, handle, process};
+use crate::sys::{fs, handle, process, xattr};
 use crate::util;
 
 /// Index of a layer in [`Layers::all`]; the upper, when there is one, is 0.
@@ -340,15 +340,29 @@ fn lock(path: &Path, role: &'static str, dir: BorrowedFd<'_>) -> Result<OwnedFd,
     };
     let fd =
         fs::openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(err)?;
-    match fs::flock(fd.as_fd(), fs::Lock::Exclusive, false) {
-        Ok(()) => Ok(fd),
-        Err(e) if e == Errno::EAGAIN => Err(SetupError::InUse {
-            role,
-            path: path.to_path_buf(),
-        }),
-        Err(e) => Err(err(e)),
+    // The daemon of a mount just unmounted lets go of its locks only as it
+    // exits, a moment after umount(8) returned: `umount; mount` must work,
+    // so a held lock is waited for a little before the mount is refused.
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match fs::flock(fd.as_fd(), fs::Lock::Exclusive, false) {
+            Ok(()) => return Ok(fd),
+            Err(e) if e == Errno::EAGAIN && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) if e == Errno::EAGAIN => {
+                return Err(SetupError::InUse {
+                    role,
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(err(e)),
+        }
     }
 }
+
+/// How long a mount waits for a departing daemon's lock.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Layers {
     /// The mount point must not lie inside a layer (lookups in that layer
@@ -508,6 +522,17 @@ fn prepare_workdir(path: &Path, upper_path: &Path, upper: &Layer) -> Result<Work
         Ok(Arc::new(fd))
     };
     let work = sub("work")?;
+    // Nothing built in work/ may take an ACL from it: a default ACL there
+    // would be inherited by every copy-up and every object made over a
+    // whiteout. The kernel's overlayfs removes both at mount too.
+    for acl in [crate::acl::DEFAULT_XATTR, crate::acl::ACCESS_XATTR] {
+        match xattr::remove(work.as_fd(), OsStr::new("."), OsStr::new(acl)) {
+            Err(e) if e != Errno::ENODATA && e != Errno::EOPNOTSUPP => {
+                warn!("cannot remove {acl} from {}/work: {e}", path.display());
+            }
+            _ => {}
+        }
+    }
     // Whatever a crashed mount left in work/ was never visible: drop it.
     let mut leftovers = 0usize;
     let names = fs::list_names(work.as_fd()).map_err(werr("cannot read work directory"))?;

@@ -7,6 +7,7 @@
 //! descriptors with `*at()` calls and never follows a symlink inside a
 //! layer.
 
+mod acl;
 mod atime;
 mod attr;
 pub mod changes;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 
 use plyfs_sys as sys;
 
+pub use acl::{ACCESS_XATTR, AclEntry, AclKind, AclTag, DEFAULT_XATTR, PosixAcl};
 pub use attr::SetAttr;
 pub use config::{Config, OverrideStat};
 pub use error::{Errno, Result, SetupError};
@@ -74,6 +76,11 @@ pub struct Caller {
     /// The calling process (0: unknown), for what its credentials hold
     /// beyond these ids (supplementary groups).
     pub pid: u32,
+    /// The caller's umask where the kernel leaves it to the filesystem
+    /// (FUSE_DONT_MASK, with POSIX ACLs): a new object takes it only when
+    /// its directory has no default ACL. `None`: the kernel applied it to
+    /// the mode already.
+    pub umask: Option<u32>,
 }
 
 impl Caller {
@@ -81,6 +88,7 @@ impl Caller {
         uid: 0,
         gid: 0,
         pid: 0,
+        umask: None,
     };
 }
 
@@ -182,7 +190,7 @@ impl Overlay {
             libc::S_IFDIR,
             NodeState::from_found(
                 ROOT_INO,
-                Arc::from(OsStr::new("")),
+                inode::Name::from(OsStr::new("")),
                 &Found {
                     kind: libc::S_IFDIR,
                     upper,
@@ -291,7 +299,7 @@ impl Overlay {
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        if node.kind != libc::S_IFLNK {
+        if node.kind() != libc::S_IFLNK {
             return Err(Errno::EINVAL);
         }
         let s = node.state.read();

@@ -19,6 +19,7 @@ use tracing::debug;
 use crate::Overlay;
 use crate::copy_up::{copy_data, open_lower};
 use crate::error::{Errno, Result};
+use crate::inode::Name;
 use crate::inode::{Found, Node, NodeState, Real};
 use crate::layers::LayerIdx;
 use crate::markers::{Markers, Redirect};
@@ -146,7 +147,7 @@ impl Overlay {
                     return Ok(Some(Real::At {
                         layer: idx,
                         dir: cur,
-                        name: Arc::from(name),
+                        name: Name::from(name),
                     }));
                 }
                 Ok(_) => continue,
@@ -206,7 +207,7 @@ impl Overlay {
     /// marks).
     pub(crate) fn wants_metacopy(&self, node: &Node) -> bool {
         self.config.metacopy
-            && node.kind == libc::S_IFREG
+            && node.kind() == libc::S_IFREG
             && self.markers().has_metacopy()
             && node.state.read().upper.is_none()
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::Overlay;
 use crate::error::{Errno, Result};
+use crate::inode::Name;
 use crate::inode::{Child, Found, Ino, Node, NodeState, Real};
 use crate::layers::LayerIdx;
 use crate::lower_index::EntryKind;
@@ -59,7 +60,7 @@ impl Overlay {
         let attr = self.node_attr(&node)?;
         Ok(crate::Entry {
             ino: node.ino,
-            generation: node.generation,
+            generation: node.generation(),
             attr,
         })
     }
@@ -108,9 +109,12 @@ impl Overlay {
             parent.cache_child_since(version, name, None);
             return Err(Errno::ENOENT);
         };
-        let node = self.node_from(found, parent.ino, name, count)?;
-        parent.cache_child_since(version, name, Some(&node));
-        Ok(node)
+        // Found nodes are not cached as children: the kernel keeps its
+        // own entries (with no timeout) and asks again only after it
+        // dropped the inode too, so an entry per name would cost the memory
+        // of every cached inode for the rare hit. Objects plyfs makes or
+        // moves itself are cached by their operation.
+        self.node_from(found, parent.ino, name, count)
     }
 
     /// The inode number `name` would have, without making it known to the
@@ -211,7 +215,7 @@ impl Overlay {
                         let upper = Real::At {
                             layer: 0,
                             dir: udir.clone(),
-                            name: Arc::from(name),
+                            name: Name::from(name),
                         };
                         found.upper_ovr = self.read_ovr(&upper)?;
                         found.upper = Some(upper);
@@ -348,7 +352,7 @@ impl Overlay {
                             let real = Real::At {
                                 layer,
                                 dir: pfd.clone(),
-                                name: Arc::from(name.as_os_str()),
+                                name: Name::from(name.as_os_str()),
                             };
                             if out.chasing {
                                 if util::kind(st.st_mode) == libc::S_IFREG {
@@ -533,7 +537,7 @@ impl Overlay {
                         out.data = Some(Real::At {
                             layer: l,
                             dir: cur.clone(),
-                            name: Arc::from(name.as_os_str()),
+                            name: Name::from(name.as_os_str()),
                         });
                     }
                 } else if last && !is_dir && out.dirs.is_empty() {
@@ -541,7 +545,7 @@ impl Overlay {
                     out.nondir = Some(Real::At {
                         layer: l,
                         dir: cur.clone(),
-                        name: Arc::from(name.as_os_str()),
+                        name: Name::from(name.as_os_str()),
                     });
                 }
                 return Ok(Walk::Stop);

@@ -172,7 +172,7 @@ impl Overlay {
         if !self.markers().keeps_overrides() {
             return Ok(false);
         }
-        if set.mode.is_some() && node.kind == libc::S_IFLNK {
+        if set.mode.is_some() && node.kind() == libc::S_IFLNK {
             return Err(Errno::EOPNOTSUPP);
         }
         let current = node.state.read().upper_ovr();

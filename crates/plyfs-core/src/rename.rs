@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::error::{Errno, Result};
+use crate::inode::Name;
 use crate::inode::{Ino, Lowers, Node, ROOT_INO, Real};
 use crate::markers::{self, Redirect, UpperSlot};
 use crate::sys::fs;
@@ -173,7 +174,7 @@ impl Overlay {
             } else {
                 self.nlink_end(n)?;
                 let mut s = n.state.write();
-                s.unlinked = n.is_dir() || (!s.indexed && self.real_nlink(&s) == 0);
+                s.unlinked = n.is_dir() || (!s.indexed && self.no_name_left(&s));
             }
         }
         for p in [&pold, &pnew] {
@@ -209,7 +210,7 @@ impl Overlay {
     ) {
         let mut s = node.state.write();
         s.parent = parent;
-        s.name = Arc::from(name);
+        s.name = Name::from(name);
         // A non-directory known by the name that moved follows it; one
         // known by its index entry (a hard link) stays known by that.
         if let Some(Real::At {
@@ -221,7 +222,7 @@ impl Overlay {
             && util::same_dir(dir.as_fd(), from.0).unwrap_or(false)
         {
             *dir = udir.clone();
-            *n = Arc::from(name);
+            *n = Name::from(name);
         }
     }
 

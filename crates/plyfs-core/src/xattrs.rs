@@ -2,22 +2,28 @@
 //! union's own markers, which can be neither read nor set through it; none
 //! at all in a `noxattrs` mount. Overlay attributes named through the
 //! mount (a nested overlay's markers) are stored escaped (markers/).
+//! POSIX ACLs have rules of their own (acl/).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::Overlay;
+use crate::acl::AclKind;
 use crate::error::{Errno, Result};
 use crate::inode::{Ino, Real};
 use crate::markers;
 use crate::sys::xattr;
+use crate::{Caller, Overlay};
 
 impl Overlay {
     /// Value of attribute `name`; an empty `buf` asks for its size.
     pub fn getxattr(&self, ino: Ino, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
         self.check_xattrs()?;
         let name = real_attr_name(name)?;
-        let real = self.real_of(ino)?;
+        let node = self.node(ino)?;
+        let real = node.state.read().real().cloned().ok_or(Errno::ESTALE)?;
+        if let Some(kind) = AclKind::of(&name).filter(|_| self.acls_on()) {
+            return self.get_acl(&node, &real, kind, buf);
+        }
         let (dir, n) = real.xattr_target();
         xattr::get(dir, n, &name, buf)
     }
@@ -38,20 +44,31 @@ impl Overlay {
         Ok(out)
     }
 
-    /// Sets an attribute (copying the object up); `flags` are
-    /// XATTR_CREATE / XATTR_REPLACE, which the upper's filesystem applies.
-    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    /// Sets an attribute for `caller` (copying the object up); `flags`
+    /// are XATTR_CREATE / XATTR_REPLACE, which the upper's filesystem
+    /// applies.
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: &Caller,
+    ) -> Result<()> {
         self.check_xattrs()?;
         let name = real_attr_name(name)?;
         self.check_writable()?;
         let node = self.node(ino)?;
+        if let Some(kind) = AclKind::of(&name).filter(|_| self.acls_on()) {
+            return self.set_acl(&node, kind, value, caller);
+        }
         self.copy_up_meta(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;
         let (dir, n) = upper.xattr_target();
         xattr::set(dir, n, &name, value, flags)
     }
 
-    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+    pub fn removexattr(&self, ino: Ino, name: &OsStr, caller: &Caller) -> Result<()> {
         self.check_xattrs()?;
         let name = real_attr_name(name)?;
         self.check_writable()?;
@@ -63,6 +80,12 @@ impl Overlay {
             && e == Errno::ENODATA
         {
             return Err(e);
+        }
+        if let Some(kind) = AclKind::of(&name).filter(|_| self.acls_on()) {
+            self.check_acl_support(&node)?;
+            if kind == AclKind::Access {
+                self.acl_kills_setgid(&node, caller)?;
+            }
         }
         self.copy_up_meta(&node)?;
         let upper = node.state.read().upper.clone().ok_or(Errno::EIO)?;

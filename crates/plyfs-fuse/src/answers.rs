@@ -16,6 +16,7 @@ impl PlyFs {
             uid,
             gid,
             pid: req.pid(),
+            umask: None,
         }
     }
 

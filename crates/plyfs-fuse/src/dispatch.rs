@@ -40,10 +40,14 @@ impl Filesystem for PlyFs {
             | F::FUSE_HANDLE_KILLPRIV_V2;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
+        self.posix_acl = self.negotiate_acls(config);
         let data = self
             .handles
             .negotiate(config, &self.opts, self.ov.writable());
-        info!("FUSE session ready: {supported:?}, file data: {data}");
+        info!(
+            "FUSE session ready: {supported:?}, file data: {data}, POSIX ACLs: {}",
+            self.posix_acl
+        );
         Ok(())
     }
 
@@ -141,13 +145,17 @@ impl Filesystem for PlyFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .ov
-            .mknod(parent.0, name, mode, u64::from(rdev), self.caller(req));
+        let r = self.ov.mknod(
+            parent.0,
+            name,
+            mode,
+            u64::from(rdev),
+            self.creator(req, umask),
+        );
         self.reply_created(reply, r);
         self.coherence.changed(parent.0, true);
     }
@@ -158,10 +166,12 @@ impl Filesystem for PlyFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.ov.mkdir(parent.0, name, mode, self.caller(req));
+        let r = self
+            .ov
+            .mkdir(parent.0, name, mode, self.creator(req, umask));
         self.reply_created(reply, r);
         self.coherence.changed(parent.0, true);
     }
@@ -453,7 +463,7 @@ impl Filesystem for PlyFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -461,7 +471,7 @@ impl Filesystem for PlyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.set_xattr(ino.0, name, value, flags, reply);
+        self.set_xattr(req, ino.0, name, value, flags, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -472,8 +482,8 @@ impl Filesystem for PlyFs {
         self.list_xattr(ino.0, size, reply);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_xattr(ino.0, name, reply);
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove_xattr(req, ino.0, name, reply);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -486,14 +496,14 @@ impl Filesystem for PlyFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let flags = self.handles.open_flags(flags);
         match self
             .ov
-            .create(parent.0, name, mode, flags, self.caller(req))
+            .create(parent.0, name, mode, flags, self.creator(req, umask))
         {
             Ok((entry, file)) => {
                 let (ttl, a, generation) = (

@@ -3,6 +3,7 @@
 //! kernel cache timeouts and coherence, directory listing streams,
 //! passthrough.
 
+mod acl;
 mod answers;
 mod coherence;
 mod convert;
@@ -66,6 +67,9 @@ pub(crate) struct PlyFs {
     handles: handles::Handles,
     listings: listings::Listings,
     coherence: coherence::Coherence,
+    /// The kernel enforces POSIX ACLs and leaves the umask to us
+    /// (negotiated at init).
+    posix_acl: bool,
 }
 
 impl PlyFs {
@@ -80,6 +84,7 @@ impl PlyFs {
             handles: handles::Handles::new(),
             listings: listings::Listings::new(),
             coherence: coherence::Coherence::new(notifier),
+            posix_acl: false,
         }
     }
 }

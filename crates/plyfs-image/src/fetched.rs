@@ -112,9 +112,18 @@ pub fn add_fetched(
     progress: &dyn Progress,
 ) -> Result<Imported> {
     let mut staged = Staged::default();
+    let downloads: Vec<PathBuf> = image.blobs.values().cloned().collect();
     let r = add_staged(store, image, whiteouts, progress, &mut staged);
-    if r.is_err() {
-        store.remove_own_tmp();
+    match &r {
+        // Only now that the store has the blobs do their download names
+        // go: a second pull waiting on a download's lock then finds the
+        // blob in the store, never a fresh empty download to fetch again.
+        Ok(_) => {
+            for d in downloads {
+                let _ = std::fs::remove_file(d);
+            }
+        }
+        Err(_) => store.remove_own_tmp(),
     }
     r
 }
@@ -184,7 +193,7 @@ fn add_staged(
         }
         if fetched.is_some() && !store.has_blob(&digest) {
             let tmp = store.tmp_path("blob");
-            std::fs::rename(&file, &tmp).map_err(|source| Error::Io {
+            std::fs::hard_link(&file, &tmp).map_err(|source| Error::Io {
                 path: file.clone(),
                 source,
             })?;

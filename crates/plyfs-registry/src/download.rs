@@ -48,15 +48,20 @@ fn open_locked(store: &Store, digest: &Digest, path: &std::path::Path) -> Result
             .open(path)
             .map_err(|e| io(path, e))?;
         plyfs_sys::fs::flock(file.as_fd(), Lock::Exclusive, true).map_err(|e| io(path, e))?;
+        // The holder before us may have finished (its download name is
+        // gone): ours must still be the one the name leads to.
+        let ours = file.metadata().map_err(|e| io(path, e))?;
+        let named =
+            std::fs::metadata(path).is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
         if store.has_blob(digest) {
+            // An empty download made by this open alone is not kept.
+            if named && ours.len() == 0 {
+                let _ = std::fs::remove_file(path);
+            }
             return Ok(None);
         }
-        // The holder before us may have moved its file into the store:
-        // ours must still be the one the name leads to.
-        let ours = file.metadata().map_err(|e| io(path, e))?;
-        match std::fs::metadata(path) {
-            Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => return Ok(Some(file)),
-            _ => continue,
+        if named {
+            return Ok(Some(file));
         }
     }
 }

@@ -2,9 +2,11 @@
 //! of them and the numbers they are known by live in [`table`]; copy-up
 //! origins, which those numbers come from, in [`origin`].
 
+mod name;
 pub(crate) mod origin;
 mod table;
 
+pub(crate) use name::Name;
 pub(crate) use table::{InoMap, InodeTable};
 
 use std::collections::HashMap;
@@ -40,7 +42,7 @@ pub(crate) enum Real {
     At {
         layer: LayerIdx,
         dir: Arc<OwnedFd>,
-        name: Arc<OsStr>,
+        name: Name,
     },
     /// A non-directory held open because its last known name is gone
     /// while the kernel still uses it (unlinked but open, say).
@@ -192,7 +194,7 @@ pub(crate) struct NodeState {
     /// The name this node was last reached by: used for copy-up (which
     /// must recreate the path in the upper) and for redirects.
     pub parent: Ino,
-    pub name: Arc<OsStr>,
+    pub name: Name,
     pub upper: Option<Real>,
     /// Directories: the lower directories merged below the upper, top
     /// first. Non-directories: the lower object (data source before
@@ -246,7 +248,7 @@ impl Extra {
 
 impl NodeState {
     /// A node's state from what lookup found.
-    pub fn from_found(parent: Ino, name: Arc<OsStr>, f: &Found) -> NodeState {
+    pub fn from_found(parent: Ino, name: Name, f: &Found) -> NodeState {
         let mut s = NodeState {
             parent,
             name,
@@ -356,9 +358,12 @@ impl NodeState {
 #[derive(Debug)]
 pub(crate) struct Node {
     pub ino: Ino,
-    pub generation: u64,
+    /// Bumped when the number is reused for an object of another type
+    /// (32 bits: with the type in 16, the node stays small enough for a
+    /// smaller heap block).
+    generation: u32,
     /// File type bits; an object never changes type.
-    pub kind: u32,
+    kind: u16,
     /// Lookups the kernel holds (FUSE's nlookup).
     pub lookups: AtomicU64,
     pub state: RwLock<NodeState>,
@@ -373,7 +378,7 @@ struct DirPart {
     /// The lookup cache of its entries; names shared with their nodes.
     /// A negative entry is an empty `Weak` (no allocation: a map entry
     /// stays three words).
-    children: RwLock<HashMap<Arc<OsStr>, Weak<Node>>>,
+    children: RwLock<HashMap<Name, Weak<Node>>>,
     /// Its lower entries, read once.
     listing: OnceLock<Arc<LowerListing>>,
     /// Bumped on every change of an entry, so that a lookup that raced
@@ -385,8 +390,9 @@ impl Node {
     pub fn new(ino: Ino, generation: u64, kind: u32, state: NodeState) -> Node {
         Node {
             ino,
-            generation,
-            kind,
+            generation: generation as u32,
+            // File type bits (S_IFMT) fit in 16.
+            kind: (kind >> 12) as u16,
             lookups: AtomicU64::new(0),
             state: RwLock::new(state),
             op_lock: Mutex::new(()),
@@ -394,8 +400,17 @@ impl Node {
         }
     }
 
+    /// File type bits; an object never changes type.
+    pub fn kind(&self) -> u32 {
+        u32::from(self.kind) << 12
+    }
+
+    pub fn generation(&self) -> u64 {
+        u64::from(self.generation)
+    }
+
     pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
+        self.kind() == libc::S_IFDIR
     }
 
     pub fn forget_child(&self, name: &OsStr) {
@@ -430,7 +445,7 @@ impl Node {
         let key = node
             .map(|n| n.state.read().name.clone())
             .filter(|k| **k == *name)
-            .unwrap_or_else(|| Arc::from(name));
+            .unwrap_or_else(|| Name::from(name));
         let stored = match c {
             Child::Positive(w) => w,
             Child::Negative => Weak::new(),
@@ -463,5 +478,16 @@ impl Node {
     /// The cell of a directory's lower listing.
     pub fn listing_cell(&self) -> Option<&OnceLock<Arc<LowerListing>>> {
         self.dir.as_ref().map(|d| &d.listing)
+    }
+}
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    /// A cached tree is mostly nodes: with the reference counts of its
+    /// `Arc`, a node of at most 120 bytes takes a 144-byte heap block
+    /// (glibc), one byte more and it takes 160 (benches/memory.sh).
+    #[test]
+    fn a_node_fits_a_144_byte_heap_block() {
+        assert!(std::mem::size_of::<super::Node>() <= 120);
+        assert!(std::mem::size_of::<super::Real>() <= 24);
     }
 }

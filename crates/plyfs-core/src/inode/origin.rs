@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use super::Name;
 use super::{Found, Node, NodeState, Real};
 use crate::Overlay;
 use crate::error::{Errno, Result};
@@ -118,7 +119,7 @@ impl Overlay {
                 Real::At {
                     layer: *layer,
                     dir: fd.clone(),
-                    name: Arc::from(name),
+                    name: Name::from(name),
                 },
                 st,
             ));

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
+use super::Name;
 use super::{Found, Ino, Node, NodeState, ROOT_INO, Real};
 use crate::Overlay;
 use crate::error::{Errno, Result};
@@ -131,13 +132,13 @@ impl InodeTable {
     ) -> Arc<Node> {
         match self.nodes.entry(ino) {
             MapEntry::Occupied(mut o) => {
-                if o.get().kind == kind {
+                if o.get().kind() == kind {
                     o.get().lookups.fetch_add(1, Ordering::Relaxed);
                     o.get().clone()
                 } else {
                     let old = o.get();
                     let carried = old.lookups.load(Ordering::Relaxed);
-                    let node = Arc::new(make(old.generation + 1));
+                    let node = Arc::new(make(old.generation() + 1));
                     node.lookups.store(carried + 1, Ordering::Relaxed);
                     o.insert(node.clone());
                     node
@@ -235,14 +236,14 @@ impl Overlay {
         let kind = found.kind;
         // The name the object has in its layer is usually this one: share
         // the allocation.
-        let name: Arc<OsStr> = [found.upper.as_ref(), found.lowers.first()]
+        let name: Name = [found.upper.as_ref(), found.lowers.first()]
             .into_iter()
             .flatten()
             .find_map(|r| match r {
                 Real::At { name: n, .. } if **n == *name => Some(n.clone()),
                 _ => None,
             })
-            .unwrap_or_else(|| Arc::from(name));
+            .unwrap_or_else(|| Name::from(name));
         let make = |generation| {
             Node::new(
                 ino,
@@ -255,7 +256,7 @@ impl Overlay {
             self.inodes.lookup_or_insert(ino, kind, make)
         } else {
             match self.inodes.get(ino) {
-                Some(n) if n.kind == kind => n,
+                Some(n) if n.kind() == kind => n,
                 _ => Arc::new(make(0)),
             }
         };

@@ -27,7 +27,7 @@ use crate::markers::{self, Kind};
 use crate::sys::fs;
 
 /// Bumped whenever the format or its meaning changes.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// The file's name in the work directory.
 pub const FILE_NAME: &str = "plyfs-lower.index";
 
@@ -56,6 +56,19 @@ pub(crate) struct DirRecord {
 }
 
 impl DirRecord {
+    /// The entries named `name` (entries are sorted by name, a real entry
+    /// before a whiteout of the same name).
+    fn find(&self, name: &[u8]) -> std::ops::Range<usize> {
+        let n = self.entries.len();
+        partition(n, |i| self.name(i) < name)..partition(n, |i| self.name(i) <= name)
+    }
+
+    /// Whether the entries are in the order [`DirRecord::find`] needs (a
+    /// loaded index is checked, not trusted).
+    fn is_sorted(&self) -> bool {
+        (1..self.entries.len()).all(|i| self.name(i - 1) <= self.name(i))
+    }
+
     /// The name of entry `i`.
     fn name(&self, i: usize) -> &[u8] {
         let start = match i.checked_sub(1) {
@@ -65,6 +78,21 @@ impl DirRecord {
         let end = self.entries.get(i).map_or(start, |e| e.0 as usize);
         self.names.get(start..end).unwrap_or_default()
     }
+}
+
+/// The first `i` below `n` for which `pred(i)` is false (`pred` is true
+/// for a prefix of `0..n`).
+fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 #[derive(Serialize, Deserialize)]
@@ -181,7 +209,14 @@ impl LowerIndex {
         {
             return Ok(r.clone());
         }
-        let read = markers::read_layer_dir(dir, xwhiteouts, false)?;
+        let mut read = markers::read_layer_dir(dir, xwhiteouts, false)?;
+        // By name, so that a name is found by bisection (most directories
+        // have one lower and need no table of their own); an OCI layer's
+        // real entry before its whiteout of the same name.
+        read.entries.sort_by(|a, b| {
+            let whiteout = |k: &Kind| !matches!(k, Kind::Object(_));
+            (a.0.as_bytes(), whiteout(&a.1)).cmp(&(b.0.as_bytes(), whiteout(&b.1)))
+        });
         let mut names = Vec::new();
         let mut entries = Vec::with_capacity(read.entries.len());
         for (name, kind, ino) in read.entries {
@@ -339,6 +374,6 @@ impl DirRecord {
             }
             start = end;
         }
-        start == self.names.len()
+        start == self.names.len() && self.is_sorted()
     }
 }
