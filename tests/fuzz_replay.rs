@@ -35,6 +35,14 @@ fn corpus_replays_without_a_panic() {
         targets::write_seeds(&corpus_dir()).unwrap();
     }
     let scratch = tempfile::tempdir().unwrap();
+    // PLYFS_FUZZ_INPUT=TARGET:FILE replays one input (an artifact of
+    // fuzz/run.sh) under the debugger-friendly test build.
+    if let Ok(one) = std::env::var("PLYFS_FUZZ_INPUT") {
+        let (target, file) = one.split_once(':').expect("PLYFS_FUZZ_INPUT=TARGET:FILE");
+        let data = std::fs::read(file).unwrap();
+        targets::run(target, &scratch.path().join(target), &data);
+        return;
+    }
     let mut ran = 0;
     for target in targets::TARGETS {
         if needs_root(target) && !is_root() {
@@ -48,12 +56,15 @@ fn corpus_replays_without_a_panic() {
             .collect();
         inputs.sort();
         assert!(!inputs.is_empty(), "no corpus for {target}");
+        let started = std::time::Instant::now();
+        let n = inputs.len();
         for p in inputs {
             let data = std::fs::read(&p).unwrap();
             let s = scratch.path().join(target);
             targets::run(target, &s, &data);
             ran += 1;
         }
+        eprintln!("{target}: {n} inputs in {:.1?}", started.elapsed());
     }
     eprintln!("{ran} corpus inputs replayed");
 }

@@ -23,6 +23,10 @@ use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
 use crate::{Config, OpenFile, Overlay};
 
+/// How an upper file's content is opened: a FIFO that replaced it since
+/// it was listed must not block the reader.
+const READ_CONTENT: i32 = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+
 /// Why an upper cannot be read as a change.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
@@ -246,8 +250,7 @@ impl Changes {
         let io = |errno| self.io(path, errno);
         match &obj.source {
             Source::Upper { dir, name } => {
-                let fd = fs::openat(dir.as_fd(), name, libc::O_RDONLY | libc::O_NOFOLLOW, 0)
-                    .map_err(io)?;
+                let fd = fs::openat(dir.as_fd(), name, READ_CONTENT, 0).map_err(io)?;
                 Ok(Content::Upper(std::fs::File::from(fd)))
             }
             Source::Union(ino) => {

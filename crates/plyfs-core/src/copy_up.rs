@@ -278,8 +278,8 @@ impl Overlay {
 
 /// Opens a lower file for reading without touching its access time.
 pub(crate) fn open_lower(lower: &Real) -> Result<OwnedFd> {
-    match lower.open(libc::O_RDONLY | libc::O_NOATIME) {
-        Err(e) if e == Errno::EPERM => lower.open(libc::O_RDONLY),
+    match lower.open_file(libc::O_RDONLY | libc::O_NOATIME) {
+        Err(e) if e == Errno::EPERM => lower.open_file(libc::O_RDONLY),
         r => r,
     }
 }

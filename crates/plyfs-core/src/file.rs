@@ -197,7 +197,7 @@ impl Overlay {
         let upper = self.layers.is_upper(real.layer());
         let pass = flags & !OPEN_ONLY;
         let fd = if upper {
-            real.open(pass | (flags & libc::O_TRUNC))?
+            real.open_file(pass | (flags & libc::O_TRUNC))?
         } else {
             crate::copy_up::open_lower(&real).and_then(|fd| {
                 // open_lower is read-only; anything else a lower file is

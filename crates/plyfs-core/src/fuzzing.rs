@@ -528,8 +528,8 @@ fn change(ov: &Overlay, parent: Ino, name: &OsStr, ino: Ino, k: usize) {
             let _ = ov.link(ino, ROOT_INO, OsStr::new("linked"));
         }
         4 => {
-            let _ = ov.setxattr(ino, OsStr::new("user.fuzz"), b"v", 0);
-            let _ = ov.removexattr(ino, OsStr::new("user.fuzz"));
+            let _ = ov.setxattr(ino, OsStr::new("user.fuzz"), b"v", 0, &caller);
+            let _ = ov.removexattr(ino, OsStr::new("user.fuzz"), &caller);
         }
         5 => {
             let t = SetTime::At { sec: 1, nsec: 0 };

@@ -263,11 +263,12 @@ fn redirects_in_lower_layers_are_followed() {
     assert_eq!(names(&ov, "moved"), ["a", "b"]);
     assert_eq!(read(&ov, "moved/a"), "from orig");
     assert_eq!(names(&ov, "abs/sub"), ["a"]);
-    // A redirect must stay inside the layers.
+    // A redirect must stay inside the layers: the kernel's lookup refuses
+    // the `..` component (EACCES).
     s.dir("l2/evil")
         .xattr("l2/evil", "user.overlay.redirect", b"/../../etc");
     let ov = s.overlay(&["l2", "l1"]);
-    assert_eq!(walk(&ov, "evil"), Err(Errno::EINVAL));
+    assert_eq!(walk(&ov, "evil"), Err(Errno::EACCES));
 }
 
 #[test]
@@ -407,4 +408,24 @@ fn lower_index_is_kept_across_mounts_and_revalidated() {
     let ov = s.overlay_rw(&["l2", "l1"]);
     assert_eq!(ov.lower_index_dirs(), 0);
     assert_eq!(names(&ov, ""), ["d", "e", "top"]);
+}
+
+/// A FIFO where a regular file was looked up (the layer changed under the
+/// mount, or a forged override showed it as a file): opening it fails at
+/// once instead of holding a daemon thread until a writer comes.
+#[test]
+fn a_fifo_in_place_of_a_looked_up_file_does_not_block_open() {
+    let s = Stack::new();
+    s.file("l1/f", "f").file("upper/g", "g");
+    let ov = s.overlay_rw(&["l1"]);
+    let (f, g) = (walk(&ov, "f").unwrap(), walk(&ov, "g").unwrap());
+    for p in ["l1/f", "upper/g"] {
+        std::fs::remove_file(s.p(p)).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(s.p(p)).status();
+        assert!(made.unwrap().success());
+    }
+    assert_eq!(ov.open(f, libc::O_RDONLY).err(), Some(Errno::EIO));
+    assert_eq!(ov.open(g, libc::O_RDONLY).err(), Some(Errno::EIO));
+    // For writing, a FIFO without a reader refuses a non-blocking open.
+    assert_eq!(ov.open(g, libc::O_WRONLY).err(), Some(Errno::ENXIO));
 }

@@ -280,6 +280,12 @@ fn proc_fd(fd: BorrowedFd<'_>) -> std::ffi::CString {
     std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
+/// Sets an open descriptor's status flags (`O_NONBLOCK`, `O_APPEND`, ...).
+pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<()> {
+    // SAFETY: valid fd; F_SETFL takes an int.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
+}
+
 /// chmod of an open (not `O_PATH`) descriptor.
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<()> {
     // SAFETY: valid fd.

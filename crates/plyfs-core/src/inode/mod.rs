@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::error::Result;
+use crate::error::{Errno, Result};
 use crate::layers::LayerIdx;
 use crate::lower_index::LowerListing;
 use crate::markers::{Nlink, StatOverride};
@@ -76,6 +76,25 @@ impl Real {
             // directories are pinned and opened.
             Real::Pinned { fd, .. } => fs::reopen(fd.as_fd(), flags & !libc::O_NOFOLLOW),
         }
+    }
+
+    /// Opens the object for its data, which only a regular file has. A
+    /// layer may hold a FIFO where a regular file was looked up (replaced
+    /// since, or shown as a file by a forged override): opening that
+    /// would wait for a writer for ever and hold a daemon thread, so the
+    /// open does not wait, and anything but a regular file is EIO.
+    pub fn open_file(&self, flags: i32) -> Result<OwnedFd> {
+        let fd = self.open(flags | libc::O_NONBLOCK)?;
+        if fs::fstat(fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Errno::EIO);
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            // Regular files ignore it, but it is the caller's flag to set,
+            // and it is passed on with the descriptor. F_SETFL takes only
+            // the status flags of `flags`.
+            fs::set_status_flags(fd.as_fd(), flags)?;
+        }
+        Ok(fd)
     }
 
     /// `(dir, name)` for `*at` calls on this object. Pinned objects have no

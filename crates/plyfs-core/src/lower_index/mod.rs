@@ -344,7 +344,9 @@ impl DirRecord {
     /// `nlayers` layers: every name one component, every offset inside
     /// the name buffer and after the one before, every kind known.
     fn is_sound(&self, nlayers: usize) -> bool {
-        if usize::from(self.layer) >= nlayers {
+        // Layer numbers count the upper, when there is one, as 0: the
+        // lowers are 0..n or 1..=n.
+        if usize::from(self.layer) > nlayers {
             return false;
         }
         let mut start = 0usize;
