@@ -489,6 +489,16 @@ fn check_exit_codes() {
         assert!(err.contains("in use by a mount"), "{err}");
     }
     assert_eq!(run(false).0, 0);
+    // Right after `umount` returns, the daemon is still on its way out
+    // with the lock: the check waits for it, as a mount does.
+    let mnt = s.mkdir("mnt2");
+    let o = opts(&lower, &upper, &work, "");
+    let (code, _, err) = plyfs(&["-o".as_ref(), o.as_ref(), mnt.as_os_str()]);
+    assert_eq!(code, 0, "{err}");
+    let umounted = std::process::Command::new("umount").arg(&mnt).status();
+    assert!(umounted.is_ok_and(|s| s.success()));
+    let (code, out, err) = run(false);
+    assert_eq!(code, 0, "{out}{err}");
     // A leftover is no defect; a value nobody can read is, and goes.
     std::fs::write(work.join("work/#plyfs.9.9"), "x").expect("leftover");
     std::fs::write(upper.join("g"), "g").expect("g");

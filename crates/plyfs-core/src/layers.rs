@@ -340,29 +340,15 @@ fn lock(path: &Path, role: &'static str, dir: BorrowedFd<'_>) -> Result<OwnedFd,
     };
     let fd =
         fs::openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(err)?;
-    // The daemon of a mount just unmounted lets go of its locks only as it
-    // exits, a moment after umount(8) returned: `umount; mount` must work,
-    // so a held lock is waited for a little before the mount is refused.
-    let deadline = std::time::Instant::now() + LOCK_GRACE;
-    loop {
-        match fs::flock(fd.as_fd(), fs::Lock::Exclusive, false) {
-            Ok(()) => return Ok(fd),
-            Err(e) if e == Errno::EAGAIN && std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) if e == Errno::EAGAIN => {
-                return Err(SetupError::InUse {
-                    role,
-                    path: path.to_path_buf(),
-                });
-            }
-            Err(e) => return Err(err(e)),
-        }
+    if util::lock_in_use(fd.as_fd()).map_err(err)? {
+        Ok(fd)
+    } else {
+        Err(SetupError::InUse {
+            role,
+            path: path.to_path_buf(),
+        })
     }
 }
-
-/// How long a mount waits for a departing daemon's lock.
-const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Layers {
     /// The mount point must not lie inside a layer (lookups in that layer

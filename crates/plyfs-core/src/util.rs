@@ -144,6 +144,29 @@ pub fn is_beneath(dir: BorrowedFd<'_>, root: BorrowedFd<'_>) -> Result<bool> {
     Ok(false)
 }
 
+/// Takes the exclusive lock a mount holds on its upper and work
+/// directories (as the kernel marks them in use); `false` when another
+/// holder keeps it. The daemon of a mount just unmounted lets go only as
+/// it exits, a moment after umount(8) or `fusermount3 -u` returned, and
+/// `umount; mount` (or `; plyfs check`) must work: a held lock is waited
+/// for a little first.
+pub fn lock_in_use(dir: BorrowedFd<'_>) -> Result<bool> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match fs::flock(dir, fs::Lock::Exclusive, false) {
+            Ok(()) => return Ok(true),
+            Err(e) if e == Errno::EAGAIN && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) if e == Errno::EAGAIN => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long a held lock is waited for.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// `d_type` for a mode.
 pub fn dtype_of(mode: u32) -> u8 {
     ((mode & libc::S_IFMT) >> 12) as u8

@@ -273,12 +273,12 @@ fn lock(path: &Path, dir: BorrowedFd<'_>) -> Result<OwnedFd> {
         0,
     )
     .map_err(io)?;
-    match fs::flock(fd.as_fd(), fs::Lock::Exclusive, false) {
-        Ok(()) => Ok(fd),
-        Err(e) if e == Errno::EAGAIN => Err(CheckError::InUse {
+    if crate::util::lock_in_use(fd.as_fd()).map_err(io)? {
+        Ok(fd)
+    } else {
+        Err(CheckError::InUse {
             path: path.to_path_buf(),
-        }),
-        Err(e) => Err(io(e)),
+        })
     }
 }
 
