@@ -92,7 +92,7 @@ pub fn image_layer(scratch: &Path, data: &[u8]) {
     if std::fs::create_dir_all(&dest).is_err() || make_canary(&canary).is_err() {
         return;
     }
-    let before = state(scratch);
+    let before = fuzzing::tree_state(scratch);
     let tar = if mode & 1 == 1 {
         hostile_tar(rest, &canary)
     } else {
@@ -107,7 +107,7 @@ pub fn image_layer(scratch: &Path, data: &[u8]) {
         },
     };
     let _ = unpack(&tar[..], &dest, "fuzz", opts);
-    let after: Vec<_> = state(scratch)
+    let after: Vec<_> = fuzzing::tree_state(scratch)
         .into_iter()
         .filter(|(p, ..)| !p.starts_with(&dest))
         .collect();
@@ -144,7 +144,7 @@ pub fn image_archive(scratch: &Path, data: &[u8]) {
     if std::fs::write(&archive, &bytes).is_err() {
         return;
     }
-    let before = state(&canary);
+    let before = fuzzing::tree_state(&canary);
     if let Ok(store) = plyfs_image::Store::open(&store_dir) {
         let whiteouts = if mode & 4 == 4 {
             WhiteoutFormat::Kernel
@@ -153,7 +153,11 @@ pub fn image_archive(scratch: &Path, data: &[u8]) {
         };
         let _ = plyfs_image::import::import(&store, &archive, whiteouts, &plyfs_image::Quiet);
     }
-    assert_eq!(state(&canary), before, "importing changed the canary");
+    assert_eq!(
+        fuzzing::tree_state(&canary),
+        before,
+        "importing changed the canary"
+    );
     let _ = std::fs::remove_dir_all(scratch);
 }
 
@@ -161,31 +165,6 @@ fn make_canary(canary: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(canary.join("sub"))?;
     std::fs::write(canary.join("file"), b"canary")?;
     std::fs::write(canary.join("sub/x"), b"canary sub")
-}
-
-/// Every path below `root` with its content, mode and modification time.
-fn state(root: &Path) -> Vec<(PathBuf, Vec<u8>, u32, i64, i64)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        let content = if md.is_file() {
-            std::fs::read(&p).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        out.push((p.clone(), content, md.mode(), md.mtime(), md.mtime_nsec()));
-        if md.is_dir()
-            && let Ok(rd) = std::fs::read_dir(&p)
-        {
-            stack.extend(rd.flatten().map(|e| e.path()));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Entry names a hostile tar is made of: escapes, markers and the names

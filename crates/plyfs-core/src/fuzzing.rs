@@ -300,31 +300,39 @@ impl HostileLayers {
     }
 
     /// A snapshot of the canary: every name, content, mode and time.
-    pub fn canary_state(&self) -> Vec<(PathBuf, Vec<u8>, i64, i64, u32)> {
-        use std::os::unix::fs::MetadataExt;
-        let mut out = Vec::new();
-        let mut stack = vec![self.canary.clone()];
-        while let Some(p) = stack.pop() {
-            let Ok(md) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let content = if md.is_file() {
-                std::fs::read(&p).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            out.push((p.clone(), content, md.mtime(), md.mtime_nsec(), md.mode()));
-            if md.is_dir()
-                && let Ok(rd) = std::fs::read_dir(&p)
-            {
-                for e in rd.flatten() {
-                    stack.push(e.path());
-                }
-            }
-        }
-        out.sort();
-        out
+    pub fn canary_state(&self) -> Vec<TreeEntry> {
+        tree_state(&self.canary)
     }
+}
+
+/// One object of a [`tree_state`]: path, content (files), mode and
+/// modification time.
+pub type TreeEntry = (PathBuf, Vec<u8>, u32, i64, i64);
+
+/// Every path below `root` (itself included) with what a change to it
+/// would show, sorted: for comparing a tree before and after.
+pub fn tree_state(root: &Path) -> Vec<TreeEntry> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let content = if md.is_file() {
+            std::fs::read(&p).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        out.push((p.clone(), content, md.mode(), md.mtime(), md.mtime_nsec()));
+        if md.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The fuzz input, read from the front.
