@@ -7,6 +7,7 @@
 #
 #   benches/commit.sh [RUNS]     (as root; PLYFS=path/to/plyfs, N=files)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 RUNS=${1:-3}
 N=${N:-20000}
 PLYFS=${PLYFS:-$(cd "$(dirname "$0")/.." && pwd)/target/release/plyfs}
@@ -19,18 +20,13 @@ cleanup() {
   "${P[@]}" unmount -a -f >/dev/null 2>&1
   "${P[@]}" rm -a -f >/dev/null 2>&1
   "${P[@]}" rmi -a -f >/dev/null 2>&1
-  awk -v d="$DIR" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+  umount_below "$DIR"
   rm -rf "$DIR"
 }
 trap cleanup EXIT
 
 # The base image: N files of 1 kB.
-mkdir -p "$DIR/rootfs/data"
-for d in $(seq 1 200); do
-  mkdir -p "$DIR/rootfs/data/d$d"
-  for f in $(seq 1 $((N / 200))); do head -c 1000 /dev/zero > "$DIR/rootfs/data/d$d/f$f"; done
-done
-tar -C "$DIR/rootfs" -cf "$DIR/base.tar" .
+make_base_tar "$DIR" "$N"
 "${P[@]}" import -q "$DIR/base.tar" localhost/bench/base:1 >/dev/null
 "${P[@]}" save -q -o "$DIR/base-saved.tar" localhost/bench/base:1
 "$PLYFS" image import "${S[@]}" "$DIR/base-saved.tar" >/dev/null 2>&1

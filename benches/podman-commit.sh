@@ -12,6 +12,7 @@
 # Needs root and podman. Each program gets a private podman storage; the
 # page cache is dropped before each commit; programs alternate per run.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 here=$(cd "$(dirname "$0")/.." && pwd)
 [[ $(id -u) == 0 ]] || { echo "podman-commit.sh: must run as root" >&2; exit 1; }
 command -v podman >/dev/null || { echo "podman-commit.sh: podman is not installed" >&2; exit 1; }
@@ -47,17 +48,12 @@ cleanup() {
     pod "$p" rm -a -f >/dev/null 2>&1
     pod "$p" rmi -a -f >/dev/null 2>&1
   done
-  awk -v d="$DIR" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+  umount_below "$DIR"
   rm -rf "$DIR"
 }
 trap cleanup EXIT
 
-mkdir -p "$DIR/rootfs/data"
-for d in $(seq 1 200); do
-  mkdir -p "$DIR/rootfs/data/d$d"
-  for f in $(seq 1 $((N / 200))); do head -c 1000 /dev/zero > "$DIR/rootfs/data/d$d/f$f"; done
-done
-tar -C "$DIR/rootfs" -cf "$DIR/base.tar" .
+make_base_tar "$DIR" "$N"
 change='find data -type f -print0 | xargs -0 -n 1000 sh -c '"'"'for f; do printf x >> "$f"; done'"'"' sh'
 
 declare -A ctr

@@ -81,43 +81,34 @@ enum ImageCmd {
     /// Pull an image from a registry: REF [--platform OS/ARCH] [--tls-verify=false]
     /// [--creds USER:PASS] [--authfile FILE] (plyfs image pull --help).
     #[command(disable_help_flag = true)]
-    Pull {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<OsString>,
-    },
+    Pull(RegistryArgs),
     /// Push an image of the store to a registry: NAME [REF] [--tls-verify=false]
     /// [--creds USER:PASS] [--authfile FILE] (plyfs image push --help).
     #[command(disable_help_flag = true)]
-    Push {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<OsString>,
-    },
+    Push(RegistryArgs),
     /// Check credentials with a registry and keep them in podman's auth file:
     /// REGISTRY -u USER --password-stdin (plyfs image login --help).
     #[command(disable_help_flag = true)]
-    Login {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<OsString>,
-    },
+    Login(RegistryArgs),
+}
+
+/// The arguments of a registry command, passed on as they are to
+/// plyfs-registry, which parses them (and answers --help).
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    args: Vec<OsString>,
 }
 
 pub fn image(a: ImageArgs) -> Result<()> {
     let remote = match &a.cmd {
-        ImageCmd::Pull { args } => Some(("pull", args)),
-        ImageCmd::Push { args } => Some(("push", args)),
-        ImageCmd::Login { args } => Some(("login", args)),
+        ImageCmd::Pull(r) => Some(("pull", &r.args)),
+        ImageCmd::Push(r) => Some(("push", &r.args)),
+        ImageCmd::Login(r) => Some(("login", &r.args)),
         _ => None,
     };
     if let Some((verb, args)) = remote {
@@ -220,7 +211,7 @@ pub fn image(a: ImageArgs) -> Result<()> {
             plyfs_image::save::save(&store, &img, &archive, &bars).map_err(fail)
         }
         // Sent to plyfs-registry before the store was opened.
-        ImageCmd::Pull { .. } | ImageCmd::Push { .. } | ImageCmd::Login { .. } => Ok(()),
+        ImageCmd::Pull(_) | ImageCmd::Push(_) | ImageCmd::Login(_) => Ok(()),
     }
 }
 

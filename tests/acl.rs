@@ -17,10 +17,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::ops::Twin;
-use common::users::{User, ci_user, kill_processes_mentioning, run, run_ok, which};
+use common::users::{User, UserMounts, ci_user, run, run_ok, which};
 use common::*;
 
 /// The ACL tools must be there: a developer run without them skips, CI
@@ -525,16 +524,22 @@ fn layers_without_acl_support() {
 // ---------------------------------------------------------------------------
 // A plain user's mount, through fusermount3.
 
-/// A plain user's plyfs mount; dropping it unmounts and ends the daemon.
+/// A plain user's plyfs mount at `mnt`, through fusermount3.
 struct UserMount<'a> {
-    user: &'a User,
-    home: PathBuf,
     mnt: PathBuf,
+    _guard: UserMounts<'a>,
 }
 
 impl UserMount<'_> {
     fn new<'a>(user: &'a User, home: &Path, opts: &str, mnt: &Path) -> UserMount<'a> {
         let out = run(user.command(PLYFS, home).arg("-o").arg(opts).arg(mnt));
+        // Unmounted on drop, also when the mount failed half-way.
+        let guard = UserMounts {
+            user,
+            home: home.to_path_buf(),
+            mps: vec![mnt.to_path_buf()],
+            needle: mnt.to_string_lossy().into_owned(),
+        };
         assert!(
             out.status.success() && is_mounted(mnt),
             "a plain user's mount failed ({}): {}",
@@ -542,28 +547,8 @@ impl UserMount<'_> {
             String::from_utf8_lossy(&out.stderr)
         );
         UserMount {
-            user,
-            home: home.to_path_buf(),
             mnt: mnt.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for UserMount<'_> {
-    fn drop(&mut self) {
-        if is_mounted(&self.mnt) {
-            let _ = run(self
-                .user
-                .command("fusermount3", &self.home)
-                .arg("-u")
-                .arg(&self.mnt));
-        }
-        let needle = self.mnt.to_string_lossy().into_owned();
-        if !common::users::wait_no_process_mentioning(&needle, Duration::from_secs(10)) {
-            kill_processes_mentioning(&needle);
-        }
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            _guard: guard,
         }
     }
 }

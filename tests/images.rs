@@ -15,7 +15,7 @@ use std::process::Command;
 
 use common::images::*;
 use common::podman::{Mode, MountProgram, PodmanStore};
-use common::users::{TAR_CREATE, ci_user, require_tools, run_ok, tar_snapshot};
+use common::users::{TAR_CREATE, UserMounts, ci_user, require_tools, run_ok, tar_snapshot};
 use common::*;
 
 const TOOLS: &[&str] = &["podman", "tar", "setpriv", "fusermount3", "useradd"];

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use common::podman::{Mode, MountProgram, PodmanStore};
 use common::users::{
-    TAR_CREATE, User, ci_user, kill_processes_mentioning, mount_at, require_tools, run, run_ok,
-    tar_snapshot, unmount_all_under, wait_no_process_mentioning, which,
+    TAR_CREATE, UserMounts, ci_user, kill_processes_mentioning, mount_at, require_tools, run,
+    run_ok, tar_snapshot, unmount_all_under, wait_no_process_mentioning, which,
 };
 use common::*;
 
@@ -641,31 +641,6 @@ chmod 0600 dir2/a
 echo changed > dir2/sub/b
 "#;
 
-/// A FUSE mount of a plain user; dropping it unmounts (fusermount3 -u -z
-/// as the user, then umount -l) and ends the daemon.
-struct UserMount<'a> {
-    user: &'a User,
-    home: PathBuf,
-    mp: PathBuf,
-    /// A path that only this mount's daemon has on its command line.
-    needle: String,
-}
-
-impl Drop for UserMount<'_> {
-    fn drop(&mut self) {
-        if is_mounted(&self.mp) {
-            let _ = run(self
-                .user
-                .command("fusermount3", &self.home)
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mp));
-        }
-        unmount_all_under(&self.mp);
-        kill_processes_mentioning(&self.needle);
-    }
-}
-
 /// Mounts, changes, unmounts, remounts as the plain user with `program`;
 /// returns the trees seen before and after the remount and the expected
 /// one (the same changes on a plain copy of the lower layer).
@@ -726,10 +701,10 @@ fn plain_user_scenario(
         upper.display(),
         work.display()
     );
-    let _guard = UserMount {
+    let _guard = UserMounts {
         user,
         home: home.clone(),
-        mp: mnt.clone(),
+        mps: vec![mnt.clone()],
         needle: base.to_string_lossy().into_owned(),
     };
     let mount = || {

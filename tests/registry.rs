@@ -25,7 +25,7 @@ use common::registry::{
     PASSWORD, Registry, USER, blob_digest, committed_digest, plyfs_fails, plyfs_run,
     podman_pull_tree, store_state,
 };
-use common::users::{TAR_CREATE, ci_user, require_tools, run_ok, tar_snapshot};
+use common::users::{TAR_CREATE, UserMounts, ci_user, require_tools, run_ok, tar_snapshot};
 use common::*;
 
 const PLYFS_REGISTRY: &str = env!("CARGO_BIN_EXE_plyfs-registry");

@@ -89,7 +89,7 @@ pub fn image_layer(scratch: &Path, data: &[u8]) {
     let _ = std::fs::remove_dir_all(scratch);
     let dest = scratch.join("layer");
     let canary = scratch.join("canary");
-    if std::fs::create_dir_all(&dest).is_err() || make_canary(&canary).is_err() {
+    if std::fs::create_dir_all(&dest).is_err() || fuzzing::make_canary(&canary).is_err() {
         return;
     }
     let before = fuzzing::tree_state(scratch);
@@ -132,7 +132,7 @@ pub fn image_archive(scratch: &Path, data: &[u8]) {
     let _ = std::fs::remove_dir_all(scratch);
     let canary = scratch.join("canary");
     let store_dir = scratch.join("store");
-    if std::fs::create_dir_all(&store_dir).is_err() || make_canary(&canary).is_err() {
+    if std::fs::create_dir_all(&store_dir).is_err() || fuzzing::make_canary(&canary).is_err() {
         return;
     }
     let archive = scratch.join("archive.tar");
@@ -159,12 +159,6 @@ pub fn image_archive(scratch: &Path, data: &[u8]) {
         "importing changed the canary"
     );
     let _ = std::fs::remove_dir_all(scratch);
-}
-
-fn make_canary(canary: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(canary.join("sub"))?;
-    std::fs::write(canary.join("file"), b"canary")?;
-    std::fs::write(canary.join("sub/x"), b"canary sub")
 }
 
 /// Entry names a hostile tar is made of: escapes, markers and the names

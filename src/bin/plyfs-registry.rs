@@ -2,6 +2,8 @@
 //! execs it) so that the `plyfs` executable and its mount daemon never
 //! carry an HTTP stack or an async runtime. Also usable by itself.
 
+#[path = "../cli.rs"]
+mod cli;
 #[path = "../progress.rs"]
 mod progress;
 
@@ -119,22 +121,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse::<Cli>("plyfs image --help") {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "plyfs: {} (see plyfs image --help)",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

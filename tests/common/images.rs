@@ -14,8 +14,7 @@ use super::oci::{Comp, ImageSpec, LayerTar, Layout};
 use super::scratch::Scratch;
 use super::tree::{Compare, Tree, diff_trees};
 use super::users::{
-    TAR_CREATE, User, kill_processes_mentioning, run, run_ok, tar_snapshot, unmount_all_under,
-    wait_no_process_mentioning,
+    TAR_CREATE, run_ok, tar_snapshot, unmount_all_under, wait_no_process_mentioning,
 };
 
 pub const A: &str = "localhost/plyfs-test/a:1";
@@ -232,28 +231,3 @@ mkdir -p made/sub && echo m > made/sub/f && ln -s ../newfile made/link
 echo changed >> bin/tool
 chmod 0750 new/one
 "#;
-
-/// Mounts of a plain user; dropping unmounts them and ends their daemons.
-pub struct UserMounts<'a> {
-    pub user: &'a User,
-    pub home: PathBuf,
-    pub mps: Vec<PathBuf>,
-    pub needle: String,
-}
-
-impl Drop for UserMounts<'_> {
-    fn drop(&mut self) {
-        for mp in &self.mps {
-            if is_mounted(mp) {
-                let _ = run(self
-                    .user
-                    .command("fusermount3", &self.home)
-                    .arg("-u")
-                    .arg("-z")
-                    .arg(mp));
-            }
-            unmount_all_under(mp);
-        }
-        kill_processes_mentioning(&self.needle);
-    }
-}

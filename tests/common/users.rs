@@ -373,3 +373,33 @@ pub fn tar_snapshot(producer: &mut Command, dest: &Path) -> Tree {
 /// `tar -cf - .` of a directory, with the options [`tar_snapshot`] reads.
 pub const TAR_CREATE: &str =
     "tar --numeric-owner --xattrs --xattrs-include='*' --warning=no-file-changed -cf - .";
+
+/// Mounts of a plain user; dropping unmounts them (`fusermount3 -u -z` as
+/// the user, then `umount -l` below each) and ends their daemons: given a
+/// moment to exit, then killed.
+pub struct UserMounts<'a> {
+    pub user: &'a User,
+    pub home: PathBuf,
+    pub mps: Vec<PathBuf>,
+    /// A path that only these mounts' daemons have on their command lines.
+    pub needle: String,
+}
+
+impl Drop for UserMounts<'_> {
+    fn drop(&mut self) {
+        for mp in &self.mps {
+            if super::mounts::is_mounted(mp) {
+                let _ = run(self
+                    .user
+                    .command("fusermount3", &self.home)
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(mp));
+            }
+            unmount_all_under(mp);
+        }
+        if !wait_no_process_mentioning(&self.needle, Duration::from_secs(10)) {
+            kill_processes_mentioning(&self.needle);
+        }
+    }
+}

@@ -204,9 +204,7 @@ impl HostileLayers {
         let _ = std::fs::remove_dir_all(root);
         std::fs::create_dir_all(root)?;
         let canary = root.join("canary");
-        std::fs::create_dir_all(canary.join("sub"))?;
-        std::fs::write(canary.join("file"), b"canary")?;
-        std::fs::write(canary.join("sub/x"), b"canary sub")?;
+        make_canary(&canary)?;
         let h = HostileLayers {
             root: root.to_path_buf(),
             upper: root.join("upper"),
@@ -303,6 +301,14 @@ impl HostileLayers {
     pub fn canary_state(&self) -> Vec<TreeEntry> {
         tree_state(&self.canary)
     }
+}
+
+/// A canary directory at `dir`: a file, a subdirectory and a file in it,
+/// for a target to compare before and after (with [`tree_state`]).
+pub fn make_canary(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("sub"))?;
+    std::fs::write(dir.join("file"), b"canary")?;
+    std::fs::write(dir.join("sub/x"), b"canary sub")
 }
 
 /// One object of a [`tree_state`]: path, content (files), mode and
