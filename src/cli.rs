@@ -14,7 +14,15 @@ pub fn parse<P: clap::Parser>(help: &str) -> Result<P, ExitCode> {
             return ExitCode::SUCCESS;
         }
         let text = e.to_string();
-        let first = text.lines().next().unwrap_or("invalid arguments");
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+        // "the following required arguments were not provided:" names
+        // them on the next line.
+        if first.ends_with(':')
+            && let Some(next) = lines.next()
+        {
+            first = format!("{first} {next}");
+        }
         eprintln!(
             "plyfs: {} (see {help})",
             first.trim_start_matches("error: ")

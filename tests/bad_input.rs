@@ -140,6 +140,11 @@ fn mount_point_errors() {
     let (code, _, err) = plyfs(&[OsStr::new("--bogus")]);
     assert_eq!(code, 2);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // A missing argument is named in that one line.
+    let (code, _, err) = plyfs(&[OsStr::new("image"), OsStr::new("lowerdir")]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("<NAME>"), "{err}");
 }
 
 /// A mount point inside a layer (lookups there would enter the union
